@@ -120,11 +120,12 @@ class Schedule:
         return float(self.sigma_ve(jnp.asarray(self.t_max, jnp.float64 if _x64() else jnp.float32)))
 
     def check_times(self, t, what: str = "t") -> None:
-        """Raise ValueError if a concrete time lies outside ``[t_min, t_max]`` (or is not finite)."""
+        """Raise ValueError if a concrete time is outside ``[t_min, t_max]`` or not finite."""
         if isinstance(t, jax.core.Tracer):
             return
         arr = np.asarray(t, dtype=np.float64)
-        bad = ~np.isfinite(arr) | (arr < self.t_min * (1 - 1e-12)) | (arr > self.t_max * (1 + 1e-12))
+        lo, hi = self.t_min * (1 - 1e-12), self.t_max * (1 + 1e-12)
+        bad = ~np.isfinite(arr) | (arr < lo) | (arr > hi)
         if np.any(bad):
             value = arr[bad].ravel()[0]
             raise ValueError(
@@ -220,7 +221,7 @@ class RectifiedFlow(Schedule):
 
 @dataclasses.dataclass(frozen=True)
 class LinearVP(Schedule):
-    """DDPM / score_sde VP with linear ``beta(t) = beta_min + (beta_max - beta_min) t`` on [0, 1]."""
+    """DDPM / score_sde VP, linear ``beta(t) = beta_min + (beta_max - beta_min) t`` on [0, 1]."""
 
     t_min: float = 1e-5
     t_max: float = 1.0
@@ -246,7 +247,7 @@ class LinearVP(Schedule):
 
 @dataclasses.dataclass(frozen=True)
 class CosineVP(Schedule):
-    """Nichol & Dhariwal cosine VP: ``alpha = cos(phi(t)) / cos(phi(0))``, ``phi = (t+s)/(1+s) pi/2``.
+    """Nichol & Dhariwal cosine VP: ``alpha = cos(phi(t))/cos(phi(0))``, ``phi = (t+s)/(1+s) pi/2``.
 
     ``alpha`` reaches 0 at ``t = 1``; the default ``t_max = 0.992`` ends at ``sigma_ve`` near 80
     (the original clips betas at 0.999 for the same reason).
