@@ -13,7 +13,7 @@ kind        prediction from D                      D from prediction
 x0          D                                      x0
 eps         (x - alpha D) / sigma                  (x - sigma eps) / alpha
 score       -(x - alpha D) / sigma^2               (x + sigma^2 score) / alpha
-velocity    alpha' D + sigma' eps  (dx/dt) (sigma u - sigma' x)/(sigma alpha' - sigma' alpha)
+velocity    alpha' D + sigma' eps  (flow dx/dt)     (sigma u - sigma' x)/(sigma alpha' - sigma' alpha)
 v           alpha eps - sigma D    (Salimans)       (alpha x - sigma v) / (alpha^2 + sigma^2)
 edm         F = (D - c_skip z) / c_out             c_skip z + c_out F
 ==========  ====================================  ================================================
