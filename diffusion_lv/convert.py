@@ -7,16 +7,16 @@ States: two schedules describe the same distribution at equal canonical noise le
 Predictions: the hub is the denoiser ``D(x, t) = E[x0 | x_t]``, which is the same function of
 the canonical state ``z = x / alpha`` in every schedule. With ``eps = (x - alpha D) / sigma``:
 
-==========  ====================================  ================================================
+==========  ====================================  =============================================
 kind        prediction from D                      D from prediction
-==========  ====================================  ================================================
+==========  ====================================  =============================================
 x0          D                                      x0
 eps         (x - alpha D) / sigma                  (x - sigma eps) / alpha
 score       -(x - alpha D) / sigma^2               (x + sigma^2 score) / alpha
-velocity    alpha' D + sigma' eps  (flow dx/dt)     (sigma u - sigma' x)/(sigma alpha' - sigma' alpha)
+velocity    alpha' D + sigma' eps  (flow)           (sigma u - sigma' x) / (sigma a' - sigma' a)
 v           alpha eps - sigma D    (Salimans)       (alpha x - sigma v) / (alpha^2 + sigma^2)
 edm         F = (D - c_skip z) / c_out             c_skip z + c_out F
-==========  ====================================  ================================================
+==========  ====================================  =============================================
 
 For rectified flow ``velocity`` is the paper's ``v = eps - x0``. ``edm`` is EDM's raw network
 output under its preconditioning, with the coefficients in VE coordinates (``z``, ``sigma_ve``).
