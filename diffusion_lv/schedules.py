@@ -98,7 +98,9 @@ class Schedule:
     # -- the end of the forward process ----------------------------------------------------
     def prior_std(self) -> float:
         """Standard deviation of the prior ``N(0, sigma(t_max)^2 I)`` used at the end time."""
-        return float(self.sigma(jnp.asarray(self.t_max, jnp.float32)))
+        # Eager even inside an outer jit (a Python float is wanted, not a tracer).
+        with jax.ensure_compile_time_eval():
+            return float(self.sigma(jnp.asarray(self.t_max, jnp.float32)))
 
     def prior_sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
         return self.prior_std() * jax.random.normal(key, shape, dtype)
@@ -113,11 +115,16 @@ class Schedule:
     # -- domain --------------------------------------------------------------------------
     @property
     def sigma_ve_min(self) -> float:
-        return float(self.sigma_ve(jnp.asarray(self.t_min, jnp.float64 if _x64() else jnp.float32)))
+        return self._sigma_ve_float(self.t_min)
 
     @property
     def sigma_ve_max(self) -> float:
-        return float(self.sigma_ve(jnp.asarray(self.t_max, jnp.float64 if _x64() else jnp.float32)))
+        return self._sigma_ve_float(self.t_max)
+
+    def _sigma_ve_float(self, t: float) -> float:
+        # Eager even inside an outer jit: callers want a Python float, not a tracer.
+        with jax.ensure_compile_time_eval():
+            return float(self.sigma_ve(jnp.asarray(t, jnp.float64 if _x64() else jnp.float32)))
 
     def check_times(self, t, what: str = "t") -> None:
         """Raise ValueError if a concrete time is outside ``[t_min, t_max]`` or not finite."""
