@@ -2,20 +2,46 @@
 
 High level: ``sample(model_fn, prediction, schedule, key, shape, SamplerConfig(...))``.
 Low level: ``sample_<family>(denoiser, z_T, key, sigmas, ...)`` with ``denoiser(z, sigma_ve)``
-(see base.py for the conventions) and a grid from grids.py.
+(conventions in base.py) and a grid from grids.py.
 """
 
-from diffusion_lv.samplers.api import SAMPLERS, SamplerConfig, initial_noise, sample
+from diffusion_lv.samplers.api import (
+    PREDICTORS,
+    SAMPLERS,
+    SamplerConfig,
+    SamplerSpec,
+    initial_noise,
+    sample,
+)
+from diffusion_lv.samplers.ddim import ddim_step, sample_ddim, sample_ddpm
 from diffusion_lv.samplers.euler import sample_euler, split_euler_step
 from diffusion_lv.samplers.grids import GRIDS, get_sigmas
+from diffusion_lv.samplers.heun import heun_step, sample_heun
+from diffusion_lv.samplers.multistep import sample_dpmpp_2m, sample_exponential_multistep
+from diffusion_lv.samplers.ode import sample_ode
+from diffusion_lv.samplers.pc import langevin_corrector_step, sample_pc
+from diffusion_lv.samplers.smld import sample_smld
 
 __all__ = [
     "GRIDS",
+    "PREDICTORS",
     "SAMPLERS",
     "SamplerConfig",
+    "SamplerSpec",
+    "ddim_step",
     "get_sigmas",
+    "heun_step",
     "initial_noise",
+    "langevin_corrector_step",
     "sample",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
     "sample_euler",
+    "sample_exponential_multistep",
+    "sample_heun",
+    "sample_ode",
+    "sample_pc",
+    "sample_smld",
     "split_euler_step",
 ]

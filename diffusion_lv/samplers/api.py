@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_lv import convert
-from diffusion_lv.samplers import euler, grids
+from diffusion_lv.samplers import ddim, euler, grids, heun, multistep, ode, pc, smld
 from diffusion_lv.schedules import Schedule, get_schedule
 
 Array = jax.Array
@@ -45,10 +45,30 @@ class SamplerSpec:
     uses_c: bool  # accepts a rate c != 1
     default_c: float = 1.0
     description: str = ""
+    min_levels: int = 2  # a step needs two levels; SMLD can run at a single level
 
 
-def _one_eval_per_step(budget, cfg):
-    return budget + 1
+def _steps_plus_one(evals_per_step: int):
+    def levels(budget, cfg):
+        return budget // evals_per_step + 1
+
+    return levels
+
+
+def _heun_levels(budget, cfg):
+    return (budget + 1) // 2 + 1  # an odd budget ends with one Euler step
+
+
+def _pc_levels(budget, cfg):
+    return budget // (1 + cfg.corrector_steps) + 1
+
+
+def _smld_levels(budget, cfg):
+    return budget // cfg.langevin_steps
+
+
+def _ode_levels(budget, cfg):
+    return 2
 
 
 def _run_euler(denoiser, z, key, sigmas, cfg):
@@ -57,14 +77,116 @@ def _run_euler(denoiser, z, key, sigmas, cfg):
     )
 
 
+def _run_heun(denoiser, z, key, sigmas, cfg):
+    budget = cfg.nfe - (1 if cfg.final_denoise else 0)
+    return heun.sample_heun(
+        denoiser, z, key, sigmas, cfg.s_churn, cfg.s_tmin, cfg.s_tmax, cfg.s_noise,
+        cfg.resolved_step_schedule, euler_last=budget % 2 == 1, trajectory=cfg.trajectory,
+    )
+
+
+def _run_ddim(denoiser, z, key, sigmas, cfg):
+    return ddim.sample_ddim(denoiser, z, key, sigmas, cfg.eta, cfg.trajectory)
+
+
+def _run_ddpm(denoiser, z, key, sigmas, cfg):
+    return ddim.sample_ddpm(denoiser, z, key, sigmas, cfg.trajectory)
+
+
+def _run_dpmpp_2m(denoiser, z, key, sigmas, cfg):
+    return multistep.sample_dpmpp_2m(denoiser, z, key, sigmas, cfg.trajectory)
+
+
+def _exponential(order):
+    def run(denoiser, z, key, sigmas, cfg):
+        return multistep.sample_exponential_multistep(
+            denoiser, z, key, sigmas, order, cfg.rate, cfg.trajectory
+        )
+
+    return run
+
+
+def _predictor(denoiser, cfg):
+    if cfg.predictor == "euler":
+        schedule = cfg.resolved_step_schedule
+        return lambda z, s, s_next, k: euler.split_euler_step(
+            denoiser, z, s, s_next, k, cfg.rate, schedule
+        )
+    eta = cfg.eta if cfg.predictor == "ddim" else 1.0
+    return lambda z, s, s_next, k: ddim.ddim_step(denoiser, z, s, s_next, k, eta)
+
+
+def _run_pc(denoiser, z, key, sigmas, cfg):
+    return pc.sample_pc(
+        denoiser, z, key, sigmas, _predictor(denoiser, cfg), cfg.corrector_steps, cfg.snr,
+        cfg.trajectory,
+    )
+
+
+def _run_smld(denoiser, z, key, sigmas, cfg):
+    return smld.sample_smld(denoiser, z, key, sigmas, cfg.langevin_steps, cfg.langevin_step_size)
+
+
+def _run_ode(denoiser, z, key, sigmas, cfg):
+    return ode.sample_ode(
+        denoiser, z, key, sigmas, cfg.rtol, cfg.atol, cfg.ode_solver, cfg.max_steps,
+        cfg.trajectory,
+    )
+
+
+_ONE = _steps_plus_one(1)
+
 SAMPLERS: dict[str, SamplerSpec] = {
     "euler": SamplerSpec(
-        _run_euler,
-        _one_eval_per_step,
-        uses_c=True,
-        description="Euler-Maruyama on the reverse split with rate c, in step_schedule coordinates",
+        _run_euler, _ONE, uses_c=True,
+        description="Euler(-Maruyama) on the reverse split with rate c, in step_schedule's "
+        "coordinates (c=1 PF-ODE, c=2 reverse SDE, c>2 Langevin churn)",
+    ),
+    "heun": SamplerSpec(
+        _run_heun, _heun_levels, uses_c=False,
+        description="Heun on the PF-ODE (2 evaluations per step); s_churn > 0: EDM's "
+        "stochastic Heun",
+    ),
+    "ddim": SamplerSpec(
+        _run_ddim, _ONE, uses_c=False,
+        description="DDIM(eta): exact Gaussian transitions keeping q(z_sigma' | x0 = D)",
+    ),
+    "ddpm": SamplerSpec(
+        _run_ddpm, _ONE, uses_c=False, description="DDPM ancestral sampling (DDIM, eta = 1)"
+    ),
+    "dpmpp_2m": SamplerSpec(
+        _run_dpmpp_2m, _ONE, uses_c=False,
+        description="DPM-Solver++(2M) exactly as published (the usual baseline)",
+    ),
+    "dpmpp_3m": SamplerSpec(
+        _exponential(3), _ONE, uses_c=True,
+        description="third-order exponential multistep in log-SNR (DPM-Solver++(3M), "
+        "derived); c > 1: its SDE variant",
+    ),
+    "dpmpp_2m_sde": SamplerSpec(
+        _exponential(2), _ONE, uses_c=True, default_c=2.0,
+        description="second-order exponential multistep on the reverse split with rate c "
+        "(default 2: reverse SDE), exact in the linear part",
+    ),
+    "dpmpp_3m_sde": SamplerSpec(
+        _exponential(3), _ONE, uses_c=True, default_c=2.0,
+        description="third-order exponential multistep on the split with rate c (default 2)",
+    ),
+    "pc": SamplerSpec(
+        _run_pc, _pc_levels, uses_c=True,
+        description="predictor (euler with rate c, ddim or ddpm) + Langevin corrector steps "
+        "at the current level (target snr)",
+    ),
+    "smld": SamplerSpec(
+        _run_smld, _smld_levels, uses_c=False, min_levels=1,
+        description="annealed Langevin dynamics (SMLD): langevin_steps per noise level",
+    ),
+    "ode": SamplerSpec(
+        _run_ode, _ode_levels, uses_c=False,
+        description="adaptive PF-ODE solve with diffrax (rtol, atol); ignores nfe",
     ),
 }
+PREDICTORS = ("euler", "ddim", "ddpm")
 
 
 def _resolve_schedule(value, what: str) -> Schedule | None:
@@ -96,7 +218,26 @@ class SamplerConfig:
     final_denoise: bool = True
     step_schedule: str | Schedule | None = None  # euler/heun step coordinates (None: VE)
     grid_schedule: str | Schedule | None = None  # grid="uniform_t": whose time (None: model's)
-    trajectory: bool = False
+    trajectory: bool = False  # info["trajectory"]: z after every step
+    # ddim / pc with the ddim predictor
+    eta: float = 0.0
+    # heun: EDM's stochastic churn (s_churn = 0: deterministic Heun)
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+    # pc
+    predictor: str = "euler"
+    corrector_steps: int = 1
+    snr: float | None = 0.16  # None: corrector step of the split's length (see pc.py)
+    # smld
+    langevin_steps: int = 5
+    langevin_step_size: float = 0.1  # Langevin step at level sigma: langevin_step_size * sigma^2
+    # ode (adaptive reference)
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    ode_solver: str = "tsit5"
+    max_steps: int = 4096
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
@@ -127,6 +268,29 @@ class SamplerConfig:
                     f"sampler {self.name!r} has no rate: c={self.c!r} must be 1 or None; "
                     f"samplers with a rate: {with_c}"
                 )
+        ddim.check_eta(self.eta)
+        if not (self.s_churn >= 0 and self.s_noise >= 0 and self.s_tmin <= self.s_tmax):
+            raise ValueError(
+                f"need s_churn >= 0, s_noise >= 0, s_tmin <= s_tmax; got s_churn={self.s_churn!r}"
+                f", s_noise={self.s_noise!r}, s_tmin={self.s_tmin!r}, s_tmax={self.s_tmax!r}"
+            )
+        if self.predictor not in PREDICTORS:
+            raise ValueError(
+                f"unknown predictor={self.predictor!r}; valid choices: {list(PREDICTORS)}"
+            )
+        for key in ("corrector_steps", "langevin_steps", "max_steps"):
+            value = getattr(self, key)
+            minimum = 0 if key == "corrector_steps" else 1
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{key}={value!r} must be an int >= {minimum}")
+        for key in ("snr", "langevin_step_size", "rtol", "atol"):
+            value = getattr(self, key)
+            if not (value is None and key == "snr") and not value > 0:
+                raise ValueError(f"{key}={value!r} must be > 0")
+        if self.ode_solver not in ode.SOLVERS:
+            raise ValueError(
+                f"unknown ode_solver={self.ode_solver!r}; valid choices: {sorted(ode.SOLVERS)}"
+            )
         _resolve_schedule(self.step_schedule, "step_schedule")
         _resolve_schedule(self.grid_schedule, "grid_schedule")
         _ = self.num_levels  # raises if the budget buys no step
@@ -148,7 +312,7 @@ class SamplerConfig:
         """Positive noise levels of the grid this budget buys."""
         budget = self.nfe - (1 if self.final_denoise else 0)
         levels = self.spec.levels_for_budget(budget, self)
-        if levels < 2:
+        if levels < self.spec.min_levels:
             raise ValueError(
                 f"nfe={self.nfe!r} buys no step of sampler {self.name!r} "
                 f"(final_denoise={self.final_denoise}); increase nfe"
