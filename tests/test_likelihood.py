@@ -1,0 +1,335 @@
+"""Probability-flow ODE likelihood against the exact Gaussian-mixture density.
+
+The oracle gives ``log p_{t_min}(x)`` in closed form in every schedule. The ODE's own error is
+isolated by closing it with the exact ``log p_{t_max}(latent)`` instead of the Gaussian prior
+(the prior mismatch is a property of the schedule's end time, not of the solver).
+
+Solver tolerance: with ``rtol = atol = tol`` a tolerance-proportional solver makes a global error
+of order ``tol`` times the size of the solution; the solved log-density state ends at
+``integral = int div dlam`` (``delta_log_prob`` less the Jacobian of ``x = alpha z``), and we allow
+a factor 10 for accumulation over steps: ``|error| <= 10 tol (1 + |integral|)``. That the error
+falls in proportion to ``tol`` is checked too. The ODE in ``log sigma_ve`` is the same for every
+schedule, so the tolerance sweep runs in one schedule (VP) and the others at the tight tolerance.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import io_callback
+from scipy.special import ndtr
+from scipy.stats import kurtosis
+
+from diffusion_lv import likelihood
+from diffusion_lv.likelihood import LikelihoodConfig, make_likelihood_fn
+from diffusion_lv.models.oracle import GaussianMixture, random_anisotropic
+from diffusion_lv.schedules import VP, CosineVP, RectifiedFlow, VEKarras
+
+DIM = 3
+NUM_POINTS = 16
+LOOSE, TIGHT = 1e-5, 1e-8
+
+
+def oracle_apply(schedule, kind, sigma_data):
+    """The oracle as a network ``(params, x, t) -> native prediction``, params = the mixture."""
+
+    def apply_fn(mixture, x, t):
+        return mixture.predict(x, t, schedule, kind, sigma_data)
+
+    return apply_fn
+
+
+def matched_schedules():
+    """VP (default) and VE, RF, cosine VP over VP's ``sigma_ve`` range, each with its own kind."""
+    vp = VP()
+    lo, hi = vp.sigma_ve_min, vp.sigma_ve_max
+
+    def over_range(cls):
+        probe = cls()
+        return cls(t_min=float(probe.t_from_sigma_ve(lo)), t_max=float(probe.t_from_sigma_ve(hi)))
+
+    return {
+        "vp": (vp, "eps"),
+        "ve": (over_range(VEKarras), "edm"),
+        "rf": (over_range(RectifiedFlow), "velocity"),
+        "cosine_vp": (over_range(CosineVP), "v"),
+    }
+
+
+def solver_bound(tol, result, schedule):
+    """``10 tol (1 + |integral|)`` per example, from a LikelihoodResult."""
+    t_min, t_max = (jnp.asarray(t, result.latent.dtype) for t in (schedule.t_min, schedule.t_max))
+    dim = math.prod(result.latent.shape[1:])
+    jacobian = dim * (jnp.log(schedule.alpha(t_max)) - jnp.log(schedule.alpha(t_min)))
+    return 10 * tol * (1 + np.abs(np.asarray(result.delta_log_prob - jacobian)))
+
+
+@pytest.fixture(scope="module")
+def exact_runs():
+    """Exact-divergence solves in float64 for every schedule and tolerance (numpy results)."""
+    out = {}
+    with jax.enable_x64(True):
+        mixture = random_anisotropic(0, DIM, 3)
+        sigma_data = mixture.std()
+        z = mixture.sample_marginal(jax.random.PRNGKey(1), NUM_POINTS, VP().t_min, VP())
+        z = z / VP().alpha(VP().t_min)  # canonical points at sigma_ve_min, shared by all
+        for name, (schedule, kind) in matched_schedules().items():
+            x = z * schedule.alpha(jnp.asarray(schedule.t_min))
+            truth = -mixture.log_prob(x, schedule.t_min, schedule)
+            for tol in (LOOSE, TIGHT) if name == "vp" else (TIGHT,):
+                config = LikelihoodConfig(rtol=tol, atol=tol, sigma_data=sigma_data)
+                fn = make_likelihood_fn(oracle_apply(schedule, kind, sigma_data), kind, schedule,
+                                        config)
+                result = fn(mixture, x)
+                exact_prior = mixture.log_prob(result.latent, schedule.t_max, schedule)
+                out[name, tol] = dict(
+                    truth=np.asarray(truth),
+                    nll=np.asarray(result.nll),
+                    nll_exact_prior=np.asarray(-(exact_prior + result.delta_log_prob)),
+                    bound=solver_bound(tol, result, schedule),
+                    log_alpha_min=float(jnp.log(schedule.alpha(jnp.asarray(schedule.t_min)))),
+                    nfe=int(result.nfe),
+                    solved=bool(result.solved),
+                )
+    return out
+
+
+def exact_error(run):
+    return np.abs(run["nll_exact_prior"] - run["truth"])
+
+
+@pytest.mark.parametrize("name", ["vp", "ve", "rf", "cosine_vp"])
+def test_exact_divergence_matches_oracle(exact_runs, name):
+    run = exact_runs[name, TIGHT]
+    assert run["solved"]
+    error = exact_error(run)
+    assert np.all(error <= run["bound"]), (error.max(), run["bound"].min())
+
+
+def test_error_falls_with_tolerance(exact_runs):
+    loose, tight = exact_runs["vp", LOOSE], exact_runs["vp", TIGHT]
+    assert np.all(exact_error(loose) <= loose["bound"])
+    # Tolerance proportionality: 1000x smaller tol must buy over 100x smaller error, so the
+    # match is not a coincidence of one tolerance (a systematic error would not shrink).
+    assert exact_error(tight).max() < exact_error(loose).max() / 100
+    assert tight["nfe"] > loose["nfe"]
+
+
+def test_nll_is_the_same_in_every_schedule(exact_runs):
+    """Same oracle, same sigma_ve range: -log p of the canonical point agrees across schedules.
+
+    With the Gaussian prior (the default) on both sides: in canonical coordinates every schedule's
+    prior is N(0, sigma_ve_max^2), so the prior mismatch cancels too.
+    """
+    canonical = {
+        name: exact_runs[name, TIGHT]["nll"] - DIM * exact_runs[name, TIGHT]["log_alpha_min"]
+        for name in matched_schedules()
+    }
+    bound = 2 * exact_runs["vp", TIGHT]["bound"]
+    for name, nll in canonical.items():
+        np.testing.assert_array_less(np.abs(nll - canonical["vp"]), bound, err_msg=name)
+    # ...and differs from log p in the schedule's own coordinates by the Jacobian d log alpha,
+    # which is far from zero for RF (alpha(t_min) = 1 - t_min, t_min ~ 3e-3).
+    rf = exact_runs["rf", TIGHT]
+    assert abs(DIM * rf["log_alpha_min"]) > 100 * bound.max()
+
+
+# -- Hutchinson: unbiased, with the Monte Carlo error it should have ---------------------------
+
+NUM_MC_POINTS = 1024
+
+
+@pytest.fixture(scope="module")
+def hutchinson_runs():
+    schedule, kind = VP(), "eps"
+    mixture = random_anisotropic(0, DIM, 3)
+    x = mixture.sample_marginal(jax.random.PRNGKey(2), NUM_MC_POINTS, schedule.t_min, schedule)
+    truth = np.asarray(-mixture.log_prob(x, schedule.t_min, schedule))
+    apply_fn = oracle_apply(schedule, kind, None)
+    out = {}
+    for probe, num_probes in (("rademacher", 1), ("gaussian", 1), ("rademacher", 4)):
+        config = LikelihoodConfig(divergence="hutchinson", probe=probe, num_probes=num_probes)
+        result = make_likelihood_fn(apply_fn, kind, schedule, config)(
+            mixture, x, jax.random.PRNGKey(3)
+        )
+        exact_prior = mixture.log_prob(result.latent, schedule.t_max, schedule)
+        out[probe, num_probes] = dict(
+            error=np.asarray(-(exact_prior + result.delta_log_prob)) - truth,
+            bound=solver_bound(config.rtol, result, schedule),
+        )
+    return out
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(hutchinson_runs, probe):
+    run = hutchinson_runs[probe, 1]
+    error, bound = run["error"], run["bound"]
+    standard_error = error.std(ddof=1) / math.sqrt(error.size)
+    # The estimator is noisy (so this test has power) and its mean error is within 4 standard
+    # errors plus the solver's own error.
+    assert error.std() > 10 * bound.max()
+    assert abs(error.mean()) < 4 * standard_error + bound.max(), (error.mean(), standard_error)
+
+
+def test_hutchinson_variance_falls_with_probes(hutchinson_runs):
+    """Four probes: a quarter of the variance of one.
+
+    A sample variance of n points with kurtosis k has ``sd(log s^2) ~ sqrt((k - 1)/n)``; the
+    errors are heavy-tailed (the trace's size varies between points), so k is measured. Ignoring
+    the positive correlation of the two (same points) only widens the bound: 4 sd of the ratio.
+    """
+    one, four = (hutchinson_runs["rademacher", p]["error"] for p in (1, 4))
+    log_ratio = math.log(four.var() / one.var())
+    log_sd = math.sqrt(sum((kurtosis(e, fisher=False) - 1) / e.size for e in (one, four)))
+    assert abs(log_ratio - math.log(0.25)) < 4 * log_sd, (math.exp(log_ratio), log_sd)
+    assert 4 * log_sd < math.log(4)  # enough points to tell 1/4 from 1
+
+
+# -- discrete data -------------------------------------------------------------------------------
+
+
+def test_dequantised_bits_per_dim_match_bin_probability():
+    """256 levels in [-1, 1], images of shape (B, 1, 2, 1): bits/dim estimates -log2 P(bin) / d.
+
+    The data density is one isotropic Gaussian (std s), so P(bin) is a product of normal CDF
+    differences. One uniform draw per point makes an error with the bin of width w = 1/128:
+    ``log p(c + w (u - 1/2)) - log p(c) = g.w(u - 1/2) - |w (u - 1/2)|^2 / (2 s^2)`` with
+    ``g = grad log p(c)``, so per point it is at most ``w/2 |g|_1 + d w^2 / (8 s^2)`` away, its
+    standard deviation is ``w |g| / sqrt(12)`` and its mean (Jensen's gap) about
+    ``w^2 |g|^2 / 24``; the solver adds up to 10 tol (1 + |delta|).
+    """
+    schedule, kind, levels, dim = VP(), "eps", 256, 2
+    std = 0.4
+    mixture = GaussianMixture.isotropic([1.0], [[0.0, 0.0]], std)
+    shape = (1, 2, 1)
+
+    def apply_fn(mix, x, t):
+        flat = mix.predict(x.reshape(x.shape[0], -1), t, schedule, kind)
+        return flat.reshape(x.shape)
+
+    key_k, key_fn = jax.random.split(jax.random.PRNGKey(4))
+    k = np.asarray(jax.random.normal(key_k, (64, dim))) * std * 127.5 + 127.5
+    k = np.round(np.clip(k, 0, levels - 1))
+    x = jnp.asarray(-1 + 2 * k / (levels - 1), jnp.float32).reshape((-1, *shape))
+    config = LikelihoodConfig(num_levels=levels)
+    result = make_likelihood_fn(apply_fn, kind, schedule, config)(mixture, x, key_fn)
+
+    t = schedule.t_min
+    s = math.sqrt(float(schedule.alpha(t)) ** 2 * std**2 + float(schedule.sigma(t)) ** 2)
+    width = 2 / levels
+    lower = -1 + width * k
+    bin_prob = ndtr((lower + width) / s) - ndtr(lower / s)
+    exact_bpd = -np.log2(bin_prob).sum(-1) / dim
+    to_bpd = 1 / (dim * math.log(2))
+    grad = -(lower + width / 2) / s**2
+    worst = (width / 2 * np.abs(grad).sum(-1) + dim * width**2 / (8 * s**2)) * to_bpd
+    sd = width * np.linalg.norm(grad, axis=-1) / math.sqrt(12) * to_bpd
+    gap = width**2 * np.square(grad).sum(-1) / 24 * to_bpd
+    solver = solver_bound(config.rtol, result, schedule) * to_bpd
+    error = np.asarray(result.bits_per_dim) - exact_bpd
+    assert np.all(np.abs(error) <= worst + solver), np.abs(error) - worst
+    standard_error = np.sqrt(np.sum(sd**2)) / error.size
+    assert abs(error.mean() - gap.mean()) < 4 * standard_error + solver.max(), error.mean()
+
+
+def test_bits_per_dim_offset():
+    # 256 levels in [-1, 1]: bins of width 1/128, 7 bits/dim; a uniform model gets log2(L) bits.
+    dim = 5
+    uniform_nll = dim * math.log(2.0)
+    assert likelihood.bits_per_dim(uniform_nll, dim, 256) == pytest.approx(8.0)
+    assert likelihood.bits_per_dim(0.0, dim, 256) == pytest.approx(7.0)
+    assert likelihood.bits_per_dim(uniform_nll, dim, 17, (0.0, 2.0)) == pytest.approx(
+        math.log2(17)
+    )
+    assert likelihood.bits_per_dim(uniform_nll, dim) == pytest.approx(1.0)
+
+
+def test_dequantize_stays_in_its_bin():
+    levels = 17
+    k = jnp.arange(levels, dtype=jnp.float32)
+    x = -1 + 2 * k / (levels - 1)
+    key = jax.random.PRNGKey(0)
+    out = likelihood.dequantize(key, jnp.tile(x, (100, 1)), levels)
+    bins = np.floor((np.asarray(out) + 1) / 2 * levels)
+    np.testing.assert_array_equal(bins, np.tile(np.asarray(k), (100, 1)))
+
+
+# -- bookkeeping ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "dopri5"])
+def test_reported_nfe_counts_model_calls(solver):
+    calls = []
+
+    def record(x):
+        calls.append(1)
+        return x
+
+    # Identity with a host-side counter on the primal only: JVP tangents (the divergence) pass
+    # through, so each vector-field evaluation counts once.
+    @jax.custom_jvp
+    def counted(x):
+        return io_callback(record, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    @counted.defjvp
+    def _(primals, tangents):
+        return counted(primals[0]), tangents[0]
+
+    schedule, kind = VP(), "eps"
+    mixture = random_anisotropic(0, DIM, 3)
+
+    def apply_fn(mix, x, t):
+        return mix.predict(counted(x), t, schedule, kind)
+
+    x = mixture.sample_marginal(jax.random.PRNGKey(1), 8, schedule.t_min, schedule)
+    config = LikelihoodConfig(solver=solver, rtol=1e-4, atol=1e-4)
+    result = make_likelihood_fn(apply_fn, kind, schedule, config)(mixture, x)
+    jax.block_until_ready(result)
+    assert int(result.nfe) == len(calls) > 0
+
+
+def test_unsolved_is_nan():
+    schedule, kind = VP(), "eps"
+    mixture = random_anisotropic(0, DIM, 3)
+    x = mixture.sample_marginal(jax.random.PRNGKey(1), 4, schedule.t_min, schedule)
+    config = LikelihoodConfig(max_steps=2)
+    result = make_likelihood_fn(oracle_apply(schedule, kind, None), kind, schedule, config)(
+        mixture, x
+    )
+    assert not bool(result.solved)
+    assert np.all(np.isnan(np.asarray(result.nll)))
+    assert np.all(np.isnan(np.asarray(result.bits_per_dim)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(divergence="trace"), "divergence 'trace'.*'exact', 'hutchinson'"),
+        (dict(probe="sphere"), "probe 'sphere'.*'rademacher', 'gaussian'"),
+        (dict(solver="euler"), "solver 'euler'.*'tsit5', 'dopri5'"),
+        (dict(error_norm="l1"), "error_norm 'l1'.*'max', 'rms'"),
+        (dict(rtol=0.0), "rtol=0.0"),
+        (dict(num_probes=0), "num_probes=0"),
+        (dict(max_steps=0), "max_steps=0"),
+        (dict(num_levels=1), "num_levels=1"),
+        (dict(data_range=(1.0, -1.0)), "data_range"),
+    ],
+)
+def test_bad_config_is_a_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LikelihoodConfig(**kwargs)
+
+
+def test_bad_call_is_a_clear_error():
+    schedule = VP()
+    apply_fn = oracle_apply(schedule, "eps", None)
+    mixture = random_anisotropic(0, DIM, 3)
+    with pytest.raises(ValueError, match="unknown prediction 'noise'"):
+        make_likelihood_fn(apply_fn, "noise", schedule)
+    fn = make_likelihood_fn(apply_fn, "eps", schedule, LikelihoodConfig(divergence="hutchinson"))
+    with pytest.raises(ValueError, match="PRNG key is needed"):
+        fn(mixture, jnp.zeros((4, DIM)))
+    with pytest.raises(ValueError, match=r"shape \(batch, ...\), got shape \(3,\)"):
+        fn(mixture, jnp.zeros((DIM,)), jax.random.PRNGKey(0))
