@@ -1,0 +1,153 @@
+"""The main job end to end, on a tiny config: CLI, SIGKILL during a save, resume, eval, sample.
+
+One subprocess runs the CLI and is killed with SIGKILL while orbax finalises the checkpoint of
+step 6 (the test holds the save open by patching orbax's final rename in that process only).
+The run is then resumed in this process; it must restart from step 4, the last complete
+checkpoint, and end with exactly the parameters of an uninterrupted run.
+"""
+
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from diffusion_lv import main as main_lib
+from diffusion_lv.training import Checkpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "model.width": 16,
+    "model.num_blocks": 1,
+    "model.embedding_features": 8,
+    "training.batch_size": 32,
+    "training.num_steps": 8,
+    "training.steps_per_call": 2,
+    "training.log_every": 2,
+    "training.checkpoint_every": 2,
+    "training.keep_checkpoints": 3,
+    "training.sample_every": 4,
+    "sampler.nfe": 8,
+    "eval.num_samples": 256,
+    "eval.num_projections": 16,
+    "eval.repeats": 1,
+}
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from orbax.checkpoint._src.path import atomicity
+
+    marker = sys.argv[1]
+    original = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def finalize(self, *args, **kwargs):
+        if self.get_final().name == "6":
+            open(marker, "w").write("saving step 6")
+            time.sleep(600)  # hold the save open until the test kills the process
+        return await original(self, *args, **kwargs)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+    from absl import app
+    from diffusion_lv import main
+    sys.argv = ["main"] + sys.argv[2:]
+    app.run(main.main)
+    """
+)
+
+
+def tiny_config():
+    config = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))["get_config"]()
+    for dotted, value in TINY.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    return config
+
+
+def flat_leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    metrics = main_lib.run(tiny_config(), workdir, "train")
+    return workdir, metrics
+
+
+def test_sigkill_during_save_resumes_from_last_complete_checkpoint(straight_run, tmp_path):
+    workdir, marker = str(tmp_path / "run"), str(tmp_path / "marker")
+    overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, marker, f"--workdir={workdir}",
+         f"--config={os.path.join(ROOT, 'configs', 'default.py')}", *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not os.path.exists(marker):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run never reached the save of step 6:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    leftovers = [name for name in os.listdir(checkpoint_dir) if "tmp" in name]
+    assert leftovers, os.listdir(checkpoint_dir)  # the unfinished save of step 6
+    checkpoints = Checkpointer(workdir, read_only=True)
+    assert checkpoints.latest_step() == 4
+    checkpoints.close()
+
+    metrics = main_lib.run(tiny_config(), workdir, "train")
+    straight_dir, straight_metrics = straight_run
+    config = tiny_config()
+    resumed = main_lib.restore_latest(main_lib.config_validation.parse(config), workdir)
+    reference = main_lib.restore_latest(main_lib.config_validation.parse(config), straight_dir)
+    assert int(resumed.step) == int(reference.step) == 8
+    for a, b in zip(flat_leaves(resumed), flat_leaves(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert metrics["swd"] == straight_metrics["swd"]
+
+
+def test_workdir_contents(straight_run):
+    workdir, metrics = straight_run
+    for name in ("metrics.json", "samples.png", "samples.npy", "config.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
+        "step_0000004.png", "step_0000008.png"
+    ]
+    assert any(f.startswith("events.out.tfevents") for f in
+               os.listdir(os.path.join(workdir, "tensorboard")))
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved == metrics
+    for key in ("swd", "swd_floor", "swd_ratio", "within_2x_floor", "step", "nfe",
+                "train_seconds"):
+        assert key in saved
+    assert saved["step"] == 8 and saved["nfe"] == 8
+    assert saved["within_2x_floor"] == (saved["swd"] <= 2 * saved["swd_floor"])
+    # 8 updates of a tiny network are far from the data: the criterion can fail.
+    assert not saved["within_2x_floor"]
+    assert np.load(os.path.join(workdir, "samples.npy")).shape == (256, 2)
+
+
+def test_eval_and_sample_modes_use_the_latest_checkpoint(straight_run, tmp_path):
+    workdir, train_metrics = straight_run
+    os.remove(os.path.join(workdir, "samples.npy"))
+    assert main_lib.run(tiny_config(), workdir, "sample") is None
+    assert np.load(os.path.join(workdir, "samples.npy")).shape == (256, 2)
+    metrics = main_lib.run(tiny_config(), workdir, "eval")
+    assert metrics["step"] == 8 and metrics["params"] == "ema_0.999"
+    assert metrics["swd"] == train_metrics["swd"]  # same params, sampler and keys
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        main_lib.run(tiny_config(), str(tmp_path), "eval")
