@@ -92,7 +92,9 @@ class GaussianMixture:
 
     def std(self) -> float:
         """Scalar data standard deviation (root mean per-dimension variance)."""
-        return float(jnp.sqrt(jnp.trace(self.covariance()) / self.dim))
+        # Eager even inside an outer jit that closes over the mixture (a float is wanted).
+        with jax.ensure_compile_time_eval():
+            return float(jnp.sqrt(jnp.trace(self.covariance()) / self.dim))
 
     # -- sampling ----------------------------------------------------------------------
     def sample(self, key: Array, n: int) -> Array:

@@ -8,7 +8,7 @@ A low-level sampler is ``(denoiser, z_T, key, sigmas, ...) -> (z_0, info)``:
   ending with ``0``: the trailing zero means "finish with ``D(z, sigmas[-2])``" (the final
   denoise, one model evaluation) and is never stepped into, so nothing divides by ``sigma = 0``;
 * randomness: step ``i`` uses ``fold_in(key, i)``; a sampler whose settings switch noise off
-  draws nothing;
+  draws nothing (and then accepts ``key=None``);
 * ``info["nfe"]`` is the exact number of denoiser evaluations (a Python int);
   ``info["trajectory"]`` (only when asked) stacks ``z`` after every step, shape ``(steps, *z)``.
 """
@@ -80,7 +80,7 @@ def run_one_step_sampler(
 
     def body(z, inputs):
         i, sigma, sigma_next = inputs
-        z = step(z, sigma, sigma_next, jax.random.fold_in(key, i))
+        z = step(z, sigma, sigma_next, None if key is None else jax.random.fold_in(key, i))
         return z, (z if trajectory else None)
 
     z, path = jax.lax.scan(body, z, step_inputs(levels, z.dtype))

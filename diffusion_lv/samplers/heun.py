@@ -81,20 +81,23 @@ def sample_heun(
     gammas = churn_gammas(levels, s_churn, s_tmin, s_tmax)
     stochastic = bool(np.any(gammas > 0))
 
+    # sigma_hat and sqrt(sigma_hat^2 - sigma^2) = sigma sqrt(gamma (2 + gamma)) in float64 NumPy:
+    # the difference of squares, computed in float32 by XLA, can round below 0 (NaN).
+    sigma_hats = levels[:-1] * (1.0 + gammas)
+    churn_stds = s_noise * levels[:-1] * np.sqrt(gammas * (2.0 + gammas))
+
     def step(z, inputs, second_order):
-        i, sigma, sigma_next, gamma = inputs
+        i, sigma_hat, sigma_next, churn_std = inputs
         if stochastic:
-            sigma_hat = sigma * (1.0 + gamma)
             noise = jax.random.normal(jax.random.fold_in(key, i), z.shape, z.dtype)
-            z = z + s_noise * jnp.sqrt(jnp.square(sigma_hat) - jnp.square(sigma)) * noise
-            sigma = sigma_hat
-        return heun_step(denoiser, z, sigma, sigma_next, schedule, second_order)
+            z = z + churn_std * noise
+        return heun_step(denoiser, z, sigma_hat, sigma_next, schedule, second_order)
 
     inputs = (
         jnp.arange(steps),
-        jnp.asarray(levels[:-1], z.dtype),
+        jnp.asarray(sigma_hats, z.dtype),
         jnp.asarray(levels[1:], z.dtype),
-        jnp.asarray(gammas, z.dtype),
+        jnp.asarray(churn_stds, z.dtype),
     )
     num_heun = steps - 1 if euler_last else steps
 

@@ -1,0 +1,271 @@
+"""Sampler API: validation, grids, exact NFE, keys, jit, and exact identities between samplers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_lv.models.oracle import GaussianMixture, ring
+from diffusion_lv.samplers import (
+    SamplerConfig,
+    get_sigmas,
+    initial_noise,
+    sample,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_exponential_multistep,
+    sample_heun,
+)
+from diffusion_lv.schedules import VP, CosineVP, RectifiedFlow, VEKarras
+
+# -- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(name="nope"), "name"),
+        (dict(grid="cosine"), "grid"),
+        (dict(nfe=0), "nfe"),
+        (dict(nfe=-3), "nfe"),
+        (dict(sigma_min=1.0, sigma_max=0.5), "sigma_min"),
+        (dict(sigma_min=-1.0), "sigma_min"),
+        (dict(c=0.5), "c"),
+        (dict(name="heun", c=2.0), "c"),
+        (dict(name="ddim", eta=1.5), "eta"),
+        (dict(name="pc", predictor="heun"), "predictor"),
+        (dict(step_schedule="nope"), "step_schedule"),
+        (dict(name="heun", nfe=1), "nfe"),
+        (dict(name="pc", nfe=2, corrector_steps=3), "nfe"),
+        (dict(rho=0.0), "rho"),
+        (dict(name="ode", ode_solver="euler"), "ode_solver"),
+        (dict(langevin_steps=0), "langevin_steps"),
+    ],
+)
+def test_bad_config_raises_naming_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        SamplerConfig(**kwargs)
+
+
+def test_unknown_sampler_lists_valid_choices():
+    with pytest.raises(ValueError, match="dpmpp_3m"):
+        SamplerConfig(name="dpm_fast")
+
+
+def test_sample_rejects_bad_inputs_before_compiling():
+    gm = ring()
+    model = gm.model_fn(VP(), "eps")
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="safe range"):
+        sample(model, "eps", VP(), key, (4, 2), SamplerConfig(sigma_max=1e4))
+    with pytest.raises(ValueError, match="prediction"):
+        sample(model, "noise", VP(), key, (4, 2), SamplerConfig())
+    with pytest.raises(ValueError, match="shape"):
+        sample(model, "eps", VP(), key, (4,), SamplerConfig())
+
+
+# -- grids ----------------------------------------------------------------------------------
+
+
+def test_grids_end_points_and_spacing():
+    lo, hi = 0.01, 50.0
+    for grid in ("karras", "log_snr", "uniform_t"):
+        s = get_sigmas(grid, 9, lo, hi, schedule=VP())
+        assert s[0] == hi and s[-1] == lo and np.all(np.diff(s) < 0), grid
+    np.testing.assert_allclose(np.diff(np.log(get_sigmas("log_snr", 9, lo, hi))), -np.log(5000) / 8)
+    np.testing.assert_allclose(np.diff(get_sigmas("karras", 9, lo, hi, rho=1.0)), -(hi - lo) / 8)
+    s = get_sigmas("karras", 9, lo, hi, rho=7.0)
+    np.testing.assert_allclose(np.diff(s ** (1 / 7)), (lo ** (1 / 7) - hi ** (1 / 7)) / 8)
+    t = np.log1p(np.square(get_sigmas("uniform_t", 9, lo, hi, schedule=VP())))  # VP time
+    np.testing.assert_allclose(np.diff(t), np.diff(t)[0], rtol=1e-4)
+    with_zero = get_sigmas("karras", 9, lo, hi, with_final_zero=True)
+    assert with_zero.shape == (10,) and with_zero[-1] == 0.0
+
+
+# -- exact NFE ------------------------------------------------------------------------------
+
+
+def _counting(denoiser, count):
+    def counted(z, sigma):
+        jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
+        return denoiser(z, sigma)
+
+    return counted
+
+
+@pytest.mark.parametrize(
+    "name, nfe, kwargs, expected",
+    [
+        ("euler", 7, {}, 7),
+        ("heun", 7, {}, 7),  # 3 Heun steps + final denoise
+        ("heun", 8, {}, 8),  # 3 Heun steps + 1 Euler step + final denoise
+        ("dpmpp_3m", 5, dict(final_denoise=False), 5),
+        ("pc", 9, dict(corrector_steps=2), 7),  # 2 steps x (1 + 2) + final denoise
+        ("smld", 11, dict(langevin_steps=3), 10),  # 3 levels x 3 + final denoise
+    ],
+)
+def test_info_nfe_is_the_exact_number_of_model_calls(name, nfe, kwargs, expected):
+    gm = ring()
+    count = [0]
+    model = _counting(gm.model_fn(VEKarras(), "x0"), count)
+    cfg = SamplerConfig(name=name, nfe=nfe, **kwargs)
+    traced = {}
+
+    def run(key):
+        x, info = sample(model, "x0", VEKarras(), key, (4, 2), cfg)
+        traced.update(info)
+        return x
+
+    jax.jit(run)(jax.random.PRNGKey(0)).block_until_ready()
+    jax.effects_barrier()
+    assert isinstance(traced["nfe"], int)  # static while tracing
+    assert traced["nfe"] == expected == count[0]
+
+
+def test_adaptive_ode_reports_its_traced_nfe():
+    gm = ring()
+    count = [0]
+    model = _counting(gm.model_fn(VEKarras(), "x0"), count)
+    cfg = SamplerConfig(name="ode", rtol=1e-3, atol=1e-3)
+    x, info = jax.jit(lambda k: sample(model, "x0", VEKarras(), k, (4, 2), cfg))(
+        jax.random.PRNGKey(0)
+    )
+    x.block_until_ready()
+    jax.effects_barrier()
+    assert int(info["nfe"]) == count[0] > 7
+
+
+# -- keys and initial noise --------------------------------------------------------------
+
+
+def _zero_model(x, t):
+    return jnp.zeros_like(x)
+
+
+@pytest.mark.parametrize("name", ["euler", "ddim", "heun", "dpmpp_2m", "dpmpp_3m"])
+def test_budgets_share_the_initial_noise(name, x64):
+    # With D = 0 the PF-ODE is z_sigma = z_T sigma / sigma_T, which every one of these solvers
+    # integrates exactly: the output exposes x_T, which must not depend on the budget.
+    key = jax.random.PRNGKey(3)
+    lo, hi = 0.01, 40.0
+    expected = initial_noise(key, (5, 3), hi) * (lo / hi)
+    for nfe in (3, 8):
+        cfg = SamplerConfig(name=name, nfe=nfe, sigma_min=lo, sigma_max=hi, final_denoise=False)
+        x = jax.jit(lambda k, cfg=cfg: sample(_zero_model, "x0", VEKarras(), k, (5, 3), cfg)[0])(
+            key
+        )
+        np.testing.assert_allclose(x, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("euler", dict(c=2.0)), ("heun", dict(s_churn=5.0)), ("ddpm", {}), ("dpmpp_2m_sde", {})],
+)
+def test_same_key_same_samples_other_key_other_samples(name, kwargs):
+    gm = ring()
+    cfg = SamplerConfig(name=name, nfe=6, sigma_max=10.0, sigma_min=0.01, **kwargs)
+    run = jax.jit(lambda k: sample(gm.model_fn(VP(), "eps"), "eps", VP(), k, (8, 2), cfg)[0])
+    a, b, c = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_settings_without_noise_draw_no_random_numbers():
+    # key=None would fail on the first draw: these settings must draw nothing.
+    gm = ring()
+    z = 10.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+    s = get_sigmas("karras", 5, 0.01, 10.0, with_final_zero=True)
+    d = gm.denoise_ve
+    for run in (
+        lambda: sample_euler(d, z, None, s, c=1.0, step_schedule=VP()),
+        lambda: sample_heun(d, z, None, s, s_churn=0.0),
+        lambda: sample_heun(d, z, None, s, s_churn=10.0, s_tmin=100.0),  # churn window empty
+        lambda: sample_ddim(d, z, None, s, eta=0.0),
+        lambda: sample_dpmpp_2m(d, z, None, s),
+        lambda: sample_exponential_multistep(d, z, None, s, order=3, c=1.0),
+    ):
+        assert np.all(np.isfinite(jax.jit(lambda run=run: run()[0])()))
+
+
+# -- jit and trajectories ----------------------------------------------------------------
+
+
+def test_sample_inside_an_outer_jit_with_traced_parameters():
+    gm = ring()
+    cfg = SamplerConfig(name="dpmpp_3m", nfe=6, sigma_max=10.0, sigma_min=0.01)
+
+    @jax.jit
+    def run(params, key):
+        return sample(params.model_fn(CosineVP(), "v"), "v", CosineVP(), key, (8, 2), cfg)[0]
+
+    x = run(gm, jax.random.PRNGKey(0))
+    closed_over = jax.jit(
+        lambda key: sample(gm.model_fn(CosineVP(), "v"), "v", CosineVP(), key, (8, 2), cfg)[0]
+    )(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(x, closed_over, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["heun", "dpmpp_3m", "ode"])
+def test_trajectory_only_when_asked(name):
+    gm = ring()
+    for trajectory in (True, False):
+        cfg = SamplerConfig(name=name, nfe=8, sigma_max=10.0, sigma_min=0.01,
+                            trajectory=trajectory)
+        info = jax.jit(
+            lambda k, cfg=cfg: sample(gm.model_fn(VP(), "eps"), "eps", VP(), k, (3, 2), cfg)[1]
+        )(jax.random.PRNGKey(0))
+        if trajectory:
+            assert info["trajectory"].shape == (len(info["sigmas"]) - 1, 3, 2)
+        else:
+            assert "trajectory" not in info
+
+
+# -- exact identities between samplers (float64) --------------------------------------------
+
+
+def _mixture64():
+    """A small 3-D mixture and float64 noise (call inside an x64 test)."""
+    rng = np.random.default_rng(0)
+    gm = GaussianMixture.isotropic([1.0, 2.0], rng.standard_normal((2, 3)), [0.3, 0.5])
+    return gm, 20.0 * jax.random.normal(jax.random.PRNGKey(0), (16, 3), jnp.float64)
+
+
+def test_ddim_is_euler_in_ve_and_first_order_exponential(x64):
+    gm, z = _mixture64()
+    s = get_sigmas("karras", 12, 0.01, 20.0, with_final_zero=True)
+    euler, _ = sample_euler(gm.denoise_ve, z, None, s)
+    ddim, _ = sample_ddim(gm.denoise_ve, z, None, s, eta=0.0)
+    exp1, _ = sample_exponential_multistep(gm.denoise_ve, z, None, s, order=1, c=1.0)
+    np.testing.assert_allclose(ddim, euler, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(exp1, euler, rtol=1e-12, atol=1e-12)
+
+
+def test_ddpm_is_the_exact_split_with_rate_two(x64):
+    # The exponential integrator of the c = 2 split with D frozen over a step is the DDPM
+    # posterior: same mean r^2 z + (1 - r^2) D, same noise sigma' sqrt(1 - r^2), same key.
+    gm, z = _mixture64()
+    s = get_sigmas("log_snr", 12, 0.01, 20.0, with_final_zero=True)
+    key = jax.random.PRNGKey(5)
+    ddpm, _ = sample_ddpm(gm.denoise_ve, z, key, s)
+    exp1, _ = sample_exponential_multistep(gm.denoise_ve, z, key, s, order=1, c=2.0)
+    np.testing.assert_allclose(exp1, ddpm, rtol=1e-10, atol=1e-10)
+
+
+def test_euler_in_ve_and_rf_is_exact_on_one_point_but_not_in_vp(x64):
+    # The paper's Fig. 5: for a single data point the VE-Karras and rectified-flow reverse
+    # trajectories are straight lines (Euler exact at any step count), VP's bend.
+    point = np.array([[1.5, -0.5]])
+    gm = GaussianMixture.isotropic([1.0], point, 0.0)
+    lo, hi = 0.05, 20.0
+    z = hi * jax.random.normal(jax.random.PRNGKey(0), (8, 2), jnp.float64)
+    exact = point + (lo / hi) * (z - point)
+    s = get_sigmas("karras", 4, lo, hi)
+    errors = {}
+    for schedule in (VEKarras(), RectifiedFlow(), VP()):
+        run = jax.jit(lambda sch=schedule: sample_euler(gm.denoise_ve, z, None, s, 1.0, sch)[0])
+        out = run()
+        errors[schedule.name] = float(jnp.max(jnp.abs(out - exact)))
+    assert errors["ve"] < 1e-12 and errors["rf"] < 1e-12
+    assert errors["vp"] > 1e-2
