@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_lv import convert
 from diffusion_lv.schedules import Schedule
@@ -72,7 +73,9 @@ class LikelihoodConfig:
     ``error_norm="max"`` makes every example meet ``rtol``/``atol`` (the step size follows the
     hardest one); ``"rms"`` is the root mean square over the whole batch, as a host solver of the
     flattened state (scipy ``solve_ivp``) does: cheaper, but one example may exceed the tolerance.
-    ``num_levels=None`` means continuous data (no dequantisation, no offset).
+    ``num_levels=None`` means continuous data (no dequantisation, no offset). ``sigma_data`` is
+    the data's standard deviation: EDM's preconditioning reads it (it must be the model's own for
+    ``edm`` outputs) and it sets the solver's coordinates (any positive value is exact).
     """
 
     divergence: str = "exact"
@@ -201,10 +204,11 @@ def _draw_probes(key: Array, config: LikelihoodConfig, shape, dtype) -> Array:
 
 def _max_example_rms(scaled_error) -> Array:
     """Error norm: root mean square per example (its state and log-density), max over examples."""
-    z, delta = scaled_error
-    batch = delta.shape[0]
-    per_example = jnp.sum(jnp.square(jnp.reshape(z, (batch, -1))), axis=-1) + jnp.square(delta)
-    return jnp.sqrt(jnp.max(per_example) / (math.prod(z.shape[1:]) + 1))
+    y, log_density = scaled_error
+    batch = log_density.shape[0]
+    per_example = jnp.sum(jnp.square(jnp.reshape(y, (batch, -1))), axis=-1)
+    per_example = per_example + jnp.square(log_density)
+    return jnp.sqrt(jnp.max(per_example) / (math.prod(y.shape[1:]) + 1))
 
 
 def _rms(scaled_error) -> Array:
@@ -303,3 +307,40 @@ def make_likelihood_fn(
 
     likelihood_fn.__doc__ = make_likelihood_fn.__doc__
     return likelihood_fn
+
+
+def evaluate_likelihood(likelihood_fn, params, batches, key: Array) -> dict[str, float]:
+    """Dataset figures from ``likelihood_fn = make_likelihood_fn(...)`` over an iterable of batches.
+
+    Batch ``i`` uses ``fold_in(key, i)`` (probes, dequantisation). Returns the means of ``nll``
+    (nats) and ``bits_per_dim`` over all examples with their standard errors, the mean NFE per
+    batch, the number of examples and of batches whose solve ran out of ``max_steps`` (their
+    examples are left out of the means). Batches of one shape compile once; a smaller last batch
+    compiles once more.
+    """
+    nll, bpd, nfe, unsolved = [], [], [], 0
+    for i, x in enumerate(batches):
+        result = likelihood_fn(params, x, jax.random.fold_in(key, i))
+        if not bool(result.solved):
+            unsolved += 1
+            continue
+        nll.append(np.asarray(result.nll, np.float64))
+        bpd.append(np.asarray(result.bits_per_dim, np.float64))
+        nfe.append(int(result.nfe))
+    if not nll:
+        raise ValueError(f"no batch was solved ({unsolved} ran out of max_steps or none given)")
+    nll, bpd = np.concatenate(nll), np.concatenate(bpd)
+    n = nll.size
+
+    def standard_error(v):
+        return float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+    return {
+        "nll": float(nll.mean()),
+        "nll_standard_error": standard_error(nll),
+        "bits_per_dim": float(bpd.mean()),
+        "bits_per_dim_standard_error": standard_error(bpd),
+        "nfe": float(np.mean(nfe)),
+        "num_examples": n,
+        "unsolved_batches": unsolved,
+    }

@@ -295,12 +295,31 @@ def test_unsolved_is_nan():
     mixture = random_anisotropic(0, DIM, 3)
     x = mixture.sample_marginal(jax.random.PRNGKey(1), 4, schedule.t_min, schedule)
     config = LikelihoodConfig(max_steps=2)
-    result = make_likelihood_fn(oracle_apply(schedule, kind, None), kind, schedule, config)(
-        mixture, x
-    )
+    fn = make_likelihood_fn(oracle_apply(schedule, kind, None), kind, schedule, config)
+    result = fn(mixture, x)
     assert not bool(result.solved)
     assert np.all(np.isnan(np.asarray(result.nll)))
     assert np.all(np.isnan(np.asarray(result.bits_per_dim)))
+    with pytest.raises(ValueError, match="no batch was solved"):
+        likelihood.evaluate_likelihood(fn, mixture, [x, x], jax.random.PRNGKey(0))
+
+
+def test_evaluate_likelihood_aggregates_batches():
+    schedule, kind = VP(), "eps"
+    mixture = random_anisotropic(0, DIM, 3)
+    x = mixture.sample_marginal(jax.random.PRNGKey(5), 12, schedule.t_min, schedule)
+    config = LikelihoodConfig(divergence="hutchinson", rtol=1e-3, atol=1e-3)
+    fn = make_likelihood_fn(oracle_apply(schedule, kind, None), kind, schedule, config)
+    key = jax.random.PRNGKey(6)
+    batches = [x[:6], x[6:]]
+    summary = likelihood.evaluate_likelihood(fn, mixture, batches, key)
+    per_batch = [fn(mixture, b, jax.random.fold_in(key, i)) for i, b in enumerate(batches)]
+    nll = np.concatenate([np.asarray(r.nll) for r in per_batch])
+    assert summary["num_examples"] == 12 and summary["unsolved_batches"] == 0
+    assert summary["nll"] == pytest.approx(nll.mean(), rel=1e-6)
+    assert summary["nll_standard_error"] == pytest.approx(nll.std(ddof=1) / math.sqrt(12), rel=1e-5)
+    assert summary["bits_per_dim"] == pytest.approx(nll.mean() / (DIM * math.log(2)), rel=1e-6)
+    assert summary["nfe"] == pytest.approx(np.mean([int(r.nfe) for r in per_batch]))
 
 
 @pytest.mark.parametrize(
