@@ -18,14 +18,17 @@ import flax.linen as nn
 import jax
 
 from diffusion_lv import convert, losses, samplers
-from diffusion_lv.data import toy
+from diffusion_lv.data import images, toy
+from diffusion_lv.models import unet
 from diffusion_lv.models.mlp import MLP
 from diffusion_lv.models.parameterization import Parameterization
 from diffusion_lv.schedules import SCHEDULES, Schedule, get_schedule
 from diffusion_lv.training.loop import TrainConfig
 from diffusion_lv.training.state import LR_DECAYS, OPTIMIZERS, OptimizerConfig
 
-MODELS = ("mlp",)
+MODELS = ("mlp", "unet")
+IMAGE_MODELS = ("unet",)
+IMAGE_SIGMA_DATA = 0.5  # EDM's sigma_data for images scaled to [-1, 1]
 EVAL_PARAMS = ("ema", "raw")
 
 
@@ -58,6 +61,7 @@ class Experiment:
     training: TrainConfig
     sampler: samplers.SamplerConfig
     eval: EvalConfig
+    image_data: images.ImageData | None = None  # image data sets: the pipeline's settings
 
     @property
     def schedule(self) -> Schedule:
@@ -143,7 +147,8 @@ def _parameterization(config, schedule: Schedule, dataset: str) -> Parameterizat
     prediction = _choice(config, "diffusion.prediction", convert.PREDICTIONS)
     sigma_data = _number(config, "diffusion.sigma_data", lo=0.0, lo_open=True, optional=True)
     if sigma_data is None:
-        sigma_data = toy.data_std(dataset)
+        images_ = dataset in images.IMAGE_DATASETS
+        sigma_data = IMAGE_SIGMA_DATA if images_ else toy.data_std(dataset)
     return Parameterization(
         schedule, prediction, float(sigma_data), bool(_get(config, "diffusion.scale_input"))
     )
@@ -218,6 +223,7 @@ def _training(config, num_devices: int) -> TrainConfig:
         ema_decays=tuple(float(d) for d in decays),
         seed=_number(config, "seed", integer=True),
         bucket_edges=tuple(float(e) for e in edges),
+        unroll_steps=bool(_get(config, "training").get("unroll_steps", False)),
     )
 
 
@@ -269,7 +275,10 @@ def _eval(config, ema_decays: tuple[float, ...]) -> EvalConfig:
 
 
 def _network(config) -> nn.Module:
-    _choice(config, "model.name", MODELS)
+    name = _choice(config, "model.name", MODELS)
+    if name == "unet":
+        options = {k: v for k, v in _get(config, "model").items() if k != "name"}
+        return _wrap("model", lambda: unet.make_unet(**options))
     return MLP(
         width=_number(config, "model.width", lo=1, integer=True),
         num_blocks=_number(config, "model.num_blocks", lo=0, integer=True),
@@ -282,7 +291,8 @@ def _network(config) -> nn.Module:
 def parse(config, num_devices: int | None = None) -> Experiment:
     """Validate ``config`` and build the experiment; raises :class:`ConfigError` on bad input."""
     num_devices = jax.device_count() if num_devices is None else num_devices
-    dataset = _choice(config, "data.name", toy.DATASETS)
+    dataset = _choice(config, "data.name", (*toy.DATASETS, *images.IMAGE_DATASETS))
+    image_data = _image_data(config, dataset)
     schedule = _schedule(config)
     network = _network(config)
     parameterization = _parameterization(config, schedule, dataset)
@@ -290,8 +300,8 @@ def parse(config, num_devices: int | None = None) -> Experiment:
     training = _training(config, num_devices)
     return Experiment(
         dataset=dataset,
-        dataset_fn=toy.get_dataset(dataset),
-        data_shape=(2,),
+        dataset_fn=toy.get_dataset(dataset) if image_data is None else image_data.examples_fn,
+        data_shape=(2,) if image_data is None else image_data.data_shape,
         network=network,
         parameterization=parameterization,
         loss=loss,
@@ -299,4 +309,24 @@ def parse(config, num_devices: int | None = None) -> Experiment:
         training=training,
         sampler=_sampler(config, schedule),
         eval=_eval(config, training.ema_decays),
+        image_data=image_data,
     )
+
+
+def _image_data(config, dataset: str) -> images.ImageData | None:
+    """The image pipeline's settings (``data.*``), or None for the toy sets; checks the model."""
+    model = _get(config, "model.name")
+    if dataset not in images.IMAGE_DATASETS:
+        if model in IMAGE_MODELS:
+            raise ConfigError(
+                f"config.model.name={model!r} needs image data; config.data.name={dataset!r} is "
+                f"a 2-D set: valid choices for it: {sorted(set(MODELS) - set(IMAGE_MODELS))}"
+            )
+        return None
+    if model not in IMAGE_MODELS:
+        raise ConfigError(
+            f"config.model.name={model!r} cannot model images (config.data.name={dataset!r}); "
+            f"valid choices: {list(IMAGE_MODELS)}"
+        )
+    options = {k: v for k, v in _get(config, "data").items() if k != "name"}
+    return _wrap("data", lambda: images.ImageData.from_options({"name": dataset, **options}))

@@ -308,3 +308,79 @@ def make_loader(
     """
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(dataset.to_iter_dataset(options))
+
+
+# -- a configured data set (what a run reads from its config's ``data`` section) ---------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """An image data set with its pipeline options; builds the training loop's batches.
+
+    ``train_split`` feeds training; ``eval_split`` gives reference images (metrics, NLL,
+    denoising strips). ``num_threads`` threads read records.
+    """
+
+    name: str
+    random_flip: bool = False
+    dequantize: bool = False
+    data_dir: str | None = None
+    num_threads: int = 4
+    train_split: str = "train"
+    eval_split: str = "test"
+
+    def __post_init__(self):
+        info = get_info(self.name)
+        for split in (self.train_split, self.eval_split):
+            _check_split(info, split)
+        if self.num_threads < 1:
+            raise ValueError(f"num_threads={self.num_threads!r} must be >= 1")
+
+    @classmethod
+    def from_options(cls, options: dict) -> ImageData:
+        """From plain options (a config's ``data`` section); unknown keys raise ValueError."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown image data option(s) {unknown}; valid: {sorted(fields)}")
+        return cls(**options)
+
+    @property
+    def info(self) -> ImageDatasetInfo:
+        return get_info(self.name)
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        return self.info.image_shape
+
+    def train_dataset(self, global_batch: int, seed: int, **kwargs) -> grain.MapDataset:
+        return image_dataset(
+            self.name, global_batch, split=self.train_split, seed=seed,
+            random_flip=self.random_flip, dequantize=self.dequantize, data_dir=self.data_dir,
+            **kwargs,
+        )
+
+    def step_batches(self, mesh, global_batch: int, seed: int, with_labels: bool = False):
+        """``batches(first_step, length)`` for the training loop (see ``device.StepBatches``)."""
+        from diffusion_lv.data.device import StepBatches
+
+        return StepBatches(self.train_dataset(global_batch, seed), mesh, with_labels,
+                           self.num_threads)
+
+    def examples(self, num: int, split: str | None = None) -> np.ndarray:
+        """The first ``num`` images of a split (default ``eval_split``), in record order,
+        without augmentation: ``float32 (num, H, W, C)`` in ``[-1, 1]``."""
+        split = self.eval_split if split is None else split
+        source = open_source(self.name, split, self.data_dir)
+        if not 1 <= num <= len(source):
+            raise ValueError(f"num={num} must be in [1, {len(source)}] for {self.name}/{split}")
+        ds = image_dataset(
+            self.name, num, split=split, shuffle=False, num_epochs=1, process_index=0,
+            process_count=1, source=source,
+        )
+        return ds[0]["image"]
+
+    def examples_fn(self, key, num: int) -> np.ndarray:
+        """``dataset_fn(key, n)`` signature for evaluation code: ``examples(n)``, key unused."""
+        del key  # reference images are the split's first ones, not a random draw
+        return self.examples(num)

@@ -1,6 +1,6 @@
 """A DDPM++-style U-Net (Flax linen), laid out as EDM's ``SongUNet``, and classifier-free guidance.
 
-``UNet(...)(x, c_noise, labels=None, train=False) -> output`` with ``x`` of shape ``(batch, H, W,
+``UNet(...)(x, c_noise, labels=None, train=None) -> output`` with ``x`` of shape ``(batch, H, W,
 C)`` (NHWC) and ``c_noise`` of shape ``(batch,)`` or a scalar: like ``mlp.MLP`` the network knows
 nothing about schedules or predictions (parameterization.py passes EDM's ``log(sigma_ve) / 4``).
 
@@ -26,7 +26,9 @@ Class conditioning: ``labels`` are integers in ``[0, num_classes)``; ``NULL_LABE
 ``labels=None`` means unconditional (a zero one-hot, as in EDM). During training
 (``train=True``) each label is replaced by ``NULL_LABEL`` with probability ``label_dropout``, so
 one network learns both the conditional and the unconditional denoiser; ``guided_model_fn``
-combines them at sampling time. ``train=True`` needs a ``'dropout'`` PRNG stream.
+combines them at sampling time. Training mode (dropout, label dropout) needs a ``'dropout'`` PRNG
+stream; ``train=None`` (the default) means "training iff one is given", so a caller that passes
+``rngs={'dropout': key}`` trains and one that passes no rngs evaluates.
 
 ``dtype=jnp.bfloat16`` computes in bfloat16 (parameters stay float32; group-norm statistics and
 attention softmax in float32); the output is always float32.
@@ -212,9 +214,10 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, c_noise: Array, labels: Array | None = None, train: bool = False
+        self, x: Array, c_noise: Array, labels: Array | None = None, train: bool | None = None
     ) -> Array:
         self._check(x)
+        train = self.has_rng("dropout") if train is None else train
         c_noise = jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), x.shape[:1])
         emb = self.embed(c_noise, labels, train).astype(self.dtype)
         block = lambda out, name, **kw: UNetBlock(
@@ -259,6 +262,44 @@ class UNet(nn.Module):
         out = nn.Conv(self.out_channels or x.shape[-1], (3, 3), kernel_init=_init_zero,
                       dtype=self.dtype, name="out_conv")(h)
         return out.astype(jnp.float32)
+
+
+# -- construction from plain options (configs are read at the edge) ------------------------
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def make_unet(**options) -> UNet:
+    """A ``UNet`` from plain options (a config's ``model`` section without ``name``).
+
+    Names are checked (a ValueError lists the valid ones); ``dtype`` is ``'float32'`` or
+    ``'bfloat16'``; sequences may be lists. Nothing is compiled.
+    """
+    fields = [f for f in UNet.__dataclass_fields__ if f not in ("parent", "name")]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown UNet option(s) {unknown}; valid: {sorted(fields)}")
+    options = dict(options)
+    dtype = options.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not valid; valid choices: {sorted(DTYPES)}")
+    options["dtype"] = DTYPES[dtype]
+    for key in ("channel_mult", "attn_resolutions"):
+        if key in options:
+            options[key] = tuple(int(v) for v in options[key])
+    if options.get("embedding", "positional") not in EMBEDDINGS:
+        raise ValueError(
+            f"embedding={options['embedding']!r} is not valid; valid choices: {list(EMBEDDINGS)}"
+        )
+    for key in ("channels", "num_blocks", "embedding_mult", "noise_mult", "num_heads"):
+        if key in options and not (isinstance(options[key], int) and options[key] >= 1):
+            raise ValueError(f"{key}={options[key]!r} is not valid; valid: an integer >= 1")
+    if not all(m >= 1 for m in options.get("channel_mult", (1,))):
+        raise ValueError(f"channel_mult={options['channel_mult']!r}: multipliers must be >= 1")
+    for key in ("dropout", "label_dropout"):
+        if key in options and not 0.0 <= options[key] < 1.0:
+            raise ValueError(f"{key}={options[key]!r} is not valid; valid: a number in [0, 1)")
+    return UNet(**options)
 
 
 # -- parameter counts ------------------------------------------------------------------------

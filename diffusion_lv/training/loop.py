@@ -52,6 +52,7 @@ class TrainConfig:
     ema_decays: tuple[float, ...] = (0.999,)
     seed: int = 0
     bucket_edges: tuple[float, ...] = (0.1, 1.0, 10.0)
+    unroll_steps: bool = False  # unroll each call's updates (convolutions on XLA:CPU)
 
 
 class NonFiniteError(FloatingPointError):
@@ -137,7 +138,9 @@ class _Window:
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step(network, parameterization, loss_config, optimizer_config, decays, devices, edges):
+def _train_step(
+    network, parameterization, loss_config, optimizer_config, decays, devices, edges, unroll=False
+):
     """The compiled step, shared by ``train`` calls with equal settings (resume in one process)."""
     return step_lib.make_train_step(
         network.apply,
@@ -147,6 +150,7 @@ def _train_step(network, parameterization, loss_config, optimizer_config, decays
         decays,
         step_lib.make_mesh(devices),
         edges,
+        unroll,
     )
 
 
@@ -164,11 +168,14 @@ def train(
     on_sample: Callable[[TrainState, progress.TensorBoard], None] | None = None,
     after_call: Callable[[TrainState], None] | None = None,
     console: bool = True,
+    make_batches: Callable | None = None,
 ) -> TrainResult:
     """Train (or resume training) until ``config.num_steps`` updates; return the final state.
 
     ``on_sample(state, tensorboard)`` is called every ``sample_every`` updates;
     ``after_call(state)`` after every compiled call (tests use it to send signals).
+    ``make_batches(mesh, global_batch, seed) -> batches(first_step, length)`` replaces the
+    on-device ``dataset_fn`` by another data source indexed by step (the image pipeline).
     """
     mesh = step_lib.make_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
@@ -203,9 +210,13 @@ def train(
         config.ema_decays,
         tuple(mesh.devices.flat),
         config.bucket_edges,
+        config.unroll_steps,
     )
-    data_key = state_lib.stream_key(jax.device_get(state.key), state_lib.DATA_STREAM)
-    batches = step_lib.make_batch_fn(dataset_fn, data_key, config.batch_size, mesh)
+    if make_batches is not None:
+        batches = make_batches(mesh, config.batch_size, config.seed)
+    else:
+        data_key = state_lib.stream_key(jax.device_get(state.key), state_lib.DATA_STREAM)
+        batches = step_lib.make_batch_fn(dataset_fn, data_key, config.batch_size, mesh)
     tensorboard = progress.TensorBoard(workdir)
     names = step_lib.bucket_names(config.bucket_edges)
     window = _Window(len(names))

@@ -30,11 +30,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffusion_lv import losses
-from diffusion_lv.models.parameterization import Parameterization, bind
+from diffusion_lv.models.parameterization import Parameterization
 from diffusion_lv.training.state import NOISE_STREAM, TrainState, stream_key, update_ema
 
 Array = jax.Array
 AXIS = "data"
+DROPOUT_STREAM = 1  # folded into an example's key for networks with dropout
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -74,19 +75,27 @@ def make_train_step(
     ema_decays: Sequence[float],
     mesh: Mesh,
     bucket_edges: Sequence[float] = (0.1, 1.0, 10.0),
+    unroll: bool = False,
 ) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
     """``train_steps(state, batches) -> (state, metrics)``, jit-compiled, state donated.
 
     ``metrics`` has one entry per update of the block: ``step`` (the update's number, 1-based),
     ``loss``, ``grad_norm`` (before clipping), ``finite`` and per-bucket ``bucket_sum`` /
     ``bucket_count`` of the per-example loss by noise level (``bucket_edges`` in ``sigma_ve``).
+    Networks that take a ``'dropout'`` PRNG stream (the U-Net) get one per example.
+    ``unroll=True`` unrolls the block of updates: XLA:CPU runs convolution gradients inside a
+    loop about 100x slower than outside one (measured), so image models on CPU need it.
     """
     schedule = parameterization.schedule
     ema_decays = tuple(float(d) for d in ema_decays)
     num_buckets = len(bucket_edges) + 1
 
     def example_loss(params, x0, key):
-        model_fn = parameterization.model_fn(bind(apply_fn, params))
+        # Its own stream, so the loss's draws from `key` are the same with or without dropout.
+        rngs = {"dropout": jax.random.fold_in(key, DROPOUT_STREAM)}
+        model_fn = parameterization.model_fn(
+            lambda net_input, c_noise: apply_fn(params, net_input, c_noise, rngs=rngs)
+        )
         loss, t = losses.diffusion_loss(model_fn, x0[None], key, schedule, loss_config)
         return loss[0], t[0]
 
@@ -132,7 +141,7 @@ def make_train_step(
         return new_state, metrics
 
     def per_device(state: TrainState, batches: Array):
-        return lax.scan(one_update, state, batches)
+        return lax.scan(one_update, state, batches, unroll=unroll)
 
     sharded = jax.shard_map(
         per_device,
