@@ -1,9 +1,11 @@
 """Base config, and the quick-start main job: ring of 8 Gaussians, EDM-style VE-Karras model.
 
-Every other config file overrides a few keys of this one. On a 2-core CPU this config trains in
-well under a minute, samples 8192 points and reaches a sliced Wasserstein distance within 2x of
-its Monte Carlo floor. Sections: data, model, diffusion (schedule and network output), loss
-(weighting and time sampler), optimizer, training (loop), sampler, eval.
+Every other config file overrides a few keys of this one. On a 2-core CPU this config trains
+2000 steps in about half a minute of CPU time, samples 8192 points with Heun's method (35 model
+evaluations), reaches a sliced Wasserstein distance within 2x of its Monte Carlo floor and
+computes the probability-flow NLL of 256 data points. Sections: data, model, diffusion
+(schedule and network output), loss (weighting and time sampler), optimizer, training (loop),
+sampler, eval.
 """
 
 from ml_collections import config_dict
@@ -18,7 +20,7 @@ def get_config():
 
     config.model = config_dict.ConfigDict()
     config.model.name = "mlp"
-    config.model.width = 128
+    config.model.width = 64
     config.model.num_blocks = 3
     config.model.expansion = 2
     config.model.embedding_features = 64
@@ -56,19 +58,19 @@ def get_config():
 
     config.training = config_dict.ConfigDict()
     config.training.batch_size = 512
-    config.training.num_steps = 3000
+    config.training.num_steps = 2000
     config.training.steps_per_call = 100  # updates per compiled call (lax.scan)
-    config.training.log_every = 250
+    config.training.log_every = 200
     config.training.checkpoint_every = 1000
     config.training.keep_checkpoints = 3
-    config.training.sample_every = 1000  # 0: only at the end
-    config.training.ema_decays = (0.999,)
+    config.training.sample_every = 1000  # 0: no plots during training
+    config.training.ema_decays = (0.995, 0.999)  # eval uses the first
     config.training.bucket_edges = (0.1, 1.0, 10.0)  # sigma_ve edges of the loss buckets
 
     # samplers.SamplerConfig fields.
     config.sampler = config_dict.ConfigDict()
-    config.sampler.name = "euler"
-    config.sampler.nfe = 100
+    config.sampler.name = "heun"
+    config.sampler.nfe = 35
     config.sampler.grid = "karras"
     config.sampler.sigma_min = config_dict.placeholder(float)  # None: the schedule's range
     config.sampler.sigma_max = config_dict.placeholder(float)
@@ -79,9 +81,9 @@ def get_config():
     config.eval = config_dict.ConfigDict()
     config.eval.num_samples = 8192
     config.eval.num_projections = 256
-    config.eval.repeats = 4  # reference draws averaged for the distance and its floor
+    config.eval.repeats = 8  # reference draws averaged for the distance and its floor
     config.eval.params = "ema"  # ema, raw
     config.eval.ema_decay = config_dict.placeholder(float)  # None: the first EMA decay
-    config.eval.nll_examples = 0  # > 0: probability-flow NLL (bits/dim) on that many points
+    config.eval.nll_examples = 256  # probability-flow NLL (bits/dim) on that many points; 0: off
     config.eval.seed = 0
     return config

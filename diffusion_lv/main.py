@@ -24,9 +24,10 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from diffusion_lv import config_validation, evaluate, training
+from diffusion_lv import config_validation, evaluate, image_eval, training
 from diffusion_lv.training import state as state_lib
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
@@ -80,6 +81,12 @@ def write_samples(experiment, state, workdir: str) -> np.ndarray:
     samples, nfe = draw_samples(experiment, state, experiment.eval.num_samples)
     samples = np.asarray(samples)
     np.save(os.path.join(workdir, "samples.npy"), samples)
+    if experiment.image_data is not None:  # a grid of images, and the denoising strip
+        image_eval.write_grid(samples, os.path.join(workdir, "samples.png"))
+        image_eval.write_denoising_strip(
+            experiment, experiment.eval_params(state), os.path.join(workdir, "denoising.png")
+        )
+        return samples, nfe
     evaluate.plot_samples(
         samples, experiment.dataset, os.path.join(workdir, "samples.png"),
         title=f"{experiment.dataset}: step {int(state.step)}, {experiment.sampler.name} "
@@ -92,10 +99,13 @@ def write_metrics(experiment, state, workdir: str, extra: dict | None = None) ->
     start = time.perf_counter()
     samples, nfe = write_samples(experiment, state, workdir)
     key = jax.random.PRNGKey(experiment.eval.seed + 1)
-    quality = evaluate.sample_quality(
-        samples, evaluate.reference_sampler(experiment.dataset), key,
-        experiment.eval.num_projections, experiment.eval.repeats,
-    )
+    if experiment.image_data is not None:
+        quality = image_eval.sample_quality(samples, experiment)
+    else:
+        quality = evaluate.sample_quality(
+            samples, evaluate.reference_sampler(experiment.dataset), key,
+            experiment.eval.num_projections, experiment.eval.repeats,
+        )
     result = {
         "step": int(state.step),
         "dataset": experiment.dataset,
@@ -116,6 +126,9 @@ def write_metrics(experiment, state, workdir: str, extra: dict | None = None) ->
         if nll is not None:
             result["nll_bpd"] = evaluate.finite_or_none(nll)
             result["nll_examples"] = experiment.eval.nll_examples
+            exact = evaluate.exact_nll_bits_per_dim(experiment.dataset, data, experiment.schedule)
+            if exact is not None:
+                result["nll_bpd_true_density"] = exact
     result["eval_seconds"] = round(time.perf_counter() - start, 2)
     result.update(extra or {})
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
@@ -139,6 +152,9 @@ def periodic_sampler(experiment, workdir: str):
         os.makedirs(folder, exist_ok=True)
         step = int(state.step)
         samples, _ = sampler(experiment.eval_params(state), key)
+        if experiment.image_data is not None:
+            image_eval.periodic_grid(samples, folder, step, tensorboard)
+            return
         figure = evaluate.plot_samples(samples, experiment.dataset, title=f"step {step}")
         figure.savefig(os.path.join(folder, f"step_{step:07d}.png"))
         tensorboard.figure(step, "samples", figure)
@@ -170,6 +186,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
             on_sample=periodic_sampler(experiment, workdir)
             if experiment.training.sample_every
             else None,
+            make_batches=experiment.image_data and experiment.image_data.step_batches,
         )
         if result.stopped_by is not None:
             return None
@@ -187,12 +204,20 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
+    if not FLAGS["verbosity"].present:
+        # orbax logs every save step at INFO; keep the console to the progress line.
+        absl_logging.set_verbosity(absl_logging.WARNING)
     start = time.perf_counter()
     try:
         metrics = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
     except (config_validation.ConfigError, training.NonFiniteError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
-    if metrics is not None:
+    if metrics is not None and "swd" not in metrics:  # image data
+        print(
+            f"{image_eval.summary_line(metrics)}; wrote "
+            f"{os.path.join(FLAGS.workdir, 'metrics.json')} [{time.perf_counter() - start:.0f} s]"
+        )
+    elif metrics is not None:
         verdict = "within" if metrics["within_2x_floor"] else "NOT within"
         print(
             f"sliced Wasserstein {metrics['swd']:.4f} vs floor {metrics['swd_floor']:.4f} "

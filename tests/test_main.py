@@ -38,6 +38,7 @@ TINY = {
     "eval.num_samples": 256,
     "eval.num_projections": 16,
     "eval.repeats": 1,
+    "eval.nll_examples": 0,
 }
 
 KILL_SCRIPT = textwrap.dedent(
@@ -146,8 +147,13 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(straight_run, tmp_path)
     os.remove(os.path.join(workdir, "samples.npy"))
     assert main_lib.run(tiny_config(), workdir, "sample") is None
     assert np.load(os.path.join(workdir, "samples.npy")).shape == (256, 2)
-    metrics = main_lib.run(tiny_config(), workdir, "eval")
-    assert metrics["step"] == 8 and metrics["params"] == "ema_0.999"
+    config = tiny_config()
+    config.eval.nll_examples = 8
+    metrics = main_lib.run(config, workdir, "eval")
+    assert metrics["step"] == 8 and metrics["params"] == "ema_0.995"
     assert metrics["swd"] == train_metrics["swd"]  # same params, sampler and keys
+    # The NLL hook: a finite figure, and the true density's for the same points (ring8).
+    assert metrics["nll_examples"] == 8 and np.isfinite(metrics["nll_bpd"])
+    assert metrics["nll_bpd"] > metrics["nll_bpd_true_density"] - 0.5
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main_lib.run(tiny_config(), str(tmp_path), "eval")

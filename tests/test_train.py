@@ -3,6 +3,7 @@
 Everything uses a tiny MLP and batch so compile time stays small; the straight run is shared.
 """
 
+import dataclasses
 import glob
 import os
 import signal
@@ -86,7 +87,7 @@ def test_straight_run_writes_checkpoints_and_logs(straight):
 
 def test_resume_is_bit_for_bit(straight, tmp_path):
     _, reference = straight
-    half = run(tmp_path, config=CONFIG.__class__(**{**CONFIG.__dict__, "num_steps": 4}))
+    half = run(tmp_path, config=dataclasses.replace(CONFIG, num_steps=4))
     assert int(half.state.step) == 4
     resumed = run(tmp_path)
     assert_same_state(resumed.state, reference.state)

@@ -1,0 +1,127 @@
+"""Train-step speed of the default MLP config on this machine, against its own matmul peak.
+
+Prints markdown: compile time and steps/s of the compiled train step for a few variants (updates
+per call, global batch), the FLOPs of one update (XLA's cost analysis of a one-update program,
+and a count of the dense layers' multiply-adds), and achieved FLOP/s as a fraction of the
+float32 matmul FLOP/s measured in the same process. Ratios are against the first row.
+
+    python scripts/bench_train.py [--config configs/default.py] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import time
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_lv import config_validation
+from diffusion_lv.models.mlp import param_count
+from diffusion_lv.training import state as state_lib
+from diffusion_lv.training import step as step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
+    """float32 FLOP/s of an ``n x n`` matmul, the best of repeated timed batches."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a, b: a @ b)
+    matmul(a, b).block_until_ready()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(5):
+            out = matmul(a, b)
+        out.block_until_ready()
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def counted_flops(params, batch: int) -> float:
+    """Multiply-adds of every dense kernel, forward + backward (x3), per update."""
+    kernels = [p for p in jax.tree.leaves(params) if p.ndim == 2]
+    forward = 2.0 * batch * sum(int(k.shape[0]) * int(k.shape[1]) for k in kernels)
+    return 3.0 * forward
+
+
+def bench_variant(experiment, batch: int, steps_per_call: int, seconds: float) -> dict:
+    optimizer = state_lib.make_optimizer(experiment.optimizer)
+    mesh = step_lib.make_mesh()
+    fn = step_lib.make_train_step(
+        experiment.network.apply, experiment.parameterization, experiment.loss, optimizer,
+        experiment.training.ema_decays, mesh, experiment.training.bucket_edges,
+    )
+    state = state_lib.create_train_state(
+        experiment.network, optimizer, 0, experiment.data_shape,
+        len(experiment.training.ema_decays),
+    )
+    state = jax.device_put(state, step_lib.replicated(mesh))
+    batches = step_lib.make_batch_fn(experiment.dataset_fn, jax.random.PRNGKey(1), batch, mesh)
+    block = batches(0, steps_per_call)
+
+    start = time.perf_counter()
+    compiled = fn.lower(state, block).compile()
+    compile_seconds = time.perf_counter() - start
+    state, metrics = compiled(state, block)  # warm-up
+    jax.block_until_ready(metrics)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        state, metrics = compiled(state, batches(steps, steps_per_call))
+        jax.device_get(metrics["loss"])  # the loop's one host sync per call
+        steps += steps_per_call
+    steps_per_sec = steps / (time.perf_counter() - start)
+
+    # XLA counts a loop body once, so take the cost of a one-update program.
+    one = fn.lower(state, batches(0, 1)).compile()
+    analysis = one.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+    return {
+        "compile_s": compile_seconds,
+        "steps_per_sec": steps_per_sec,
+        "xla_flops": float(analysis.get("flops", float("nan"))),
+        "counted_flops": counted_flops(state.params, batch),
+        "params": param_count(state.params),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.py"))
+    parser.add_argument("--seconds", type=float, default=5.0, help="timing per variant")
+    args = parser.parse_args()
+    experiment = config_validation.parse(runpy.run_path(args.config)["get_config"]())
+    batch, per_call = experiment.training.batch_size, experiment.training.steps_per_call
+    variants = [(batch, 1), (batch, per_call), (4 * batch, per_call)]
+
+    peak = matmul_peak()
+    rows = [(b, k, bench_variant(experiment, b, k, args.seconds)) for b, k in variants]
+    peak_after = matmul_peak()
+
+    print(f"## Train step, {os.path.relpath(args.config, ROOT)} "
+          f"({rows[0][2]['params']:,} params, {jax.device_count()} {jax.devices()[0].platform} "
+          f"device(s), {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})\n")
+    print(f"float32 1024^3 matmul: {peak / 1e9:.1f} GFLOP/s before, "
+          f"{peak_after / 1e9:.1f} after the runs (the larger is the reference)\n")
+    peak = max(peak, peak_after)
+    print("| global batch | updates/call | compile (s) | steps/s | ratio | MFLOP/update "
+          "(XLA / counted) | GFLOP/s (XLA) | of matmul peak |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = rows[0][2]["steps_per_sec"] * rows[0][0]
+    for b, k, r in rows:
+        achieved = r["xla_flops"] * r["steps_per_sec"]
+        print(
+            f"| {b} | {k} | {r['compile_s']:.2f} | {r['steps_per_sec']:.1f} | "
+            f"{r['steps_per_sec'] * b / base:.2f} | {r['xla_flops'] / 1e6:.1f} / "
+            f"{r['counted_flops'] / 1e6:.1f} | {achieved / 1e9:.2f} | "
+            f"{100 * achieved / peak:.1f}% |"
+        )
+    print("\nratio: examples/s relative to the first row. FLOP/s uses XLA's count of one update.")
+
+
+if __name__ == "__main__":
+    main()
