@@ -1,0 +1,25 @@
+"""Shared by the CIFAR-10 and MNIST recipes: an image config with every section stated.
+
+``image_config(**sections)`` starts from configs/default.py and replaces whole sections (data,
+model, diffusion, loss, optimizer, training, sampler, eval keys) with the values a recipe gives,
+so each recipe file lists its full set of hyper-parameters in one place. Unlisted keys keep the
+defaults of configs/default.py. Nothing here downloads: TFDS sets are prepared once beforehand
+(``tfds build cifar10 --file_format=array_record``, see docs/images.md).
+"""
+
+import pathlib
+import runpy
+
+from ml_collections import config_dict
+
+_default = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "default.py"))
+
+
+def image_config(*, data: dict, model: dict, **sections):
+    config = _default["get_config"]()
+    config.data = config_dict.ConfigDict(data)
+    config.model = config_dict.ConfigDict({"name": "unet", **model})
+    for section, values in sections.items():
+        for key, value in values.items():
+            config[section][key] = value
+    return config
