@@ -16,6 +16,7 @@ import pytest
 
 from diffusion_lv import losses
 from diffusion_lv.data import toy
+from diffusion_lv.models import oracle
 from diffusion_lv.models.mlp import MLP
 from diffusion_lv.models.parameterization import Parameterization, bind
 from diffusion_lv.schedules import get_schedule
@@ -189,6 +190,29 @@ def test_one_sgd_update_is_the_gradient_of_the_mean_loss():
     assert float(jnp.sum(metrics["bucket_count"][0])) == batch
     np.testing.assert_allclose(jnp.sum(metrics["bucket_sum"][0]), batch * loss, rtol=1e-5)
     assert int(new_state.step) == 1 and int(metrics["step"][0]) == 1
+
+
+@pytest.mark.parametrize("sampler", ["log_snr", "lognormal"])
+def test_per_example_loss_is_diffusion_loss_one_example_at_a_time(x64, sampler):
+    # float64: float32 rounding differs between fused batched and per-example programs.
+    mixture = oracle.ring()
+    schedule = get_schedule("rf")
+    config = losses.LossConfig(prediction="velocity", weighting="ml",
+                               time_sampler=losses.TimeSampler(sampler))
+    model_fn = mixture.model_fn(schedule, "velocity")
+    x0 = mixture.sample(jax.random.PRNGKey(0), 64)
+    keys = jax.random.split(jax.random.PRNGKey(1), 64)
+
+    @jax.jit
+    def both(x0, keys):
+        one_at_a_time = jax.vmap(
+            lambda x, k: losses.diffusion_loss(model_fn, x[None], k, schedule, config)
+        )(x0, keys)
+        return step_lib.per_example_loss(model_fn, x0, keys, schedule, config), one_at_a_time
+
+    (loss, t), (loss_ref, t_ref) = both(x0, keys)
+    np.testing.assert_array_equal(t, t_ref[:, 0])
+    np.testing.assert_allclose(loss, loss_ref[:, 0], rtol=1e-10)
 
 
 def test_batches_depend_on_the_step_only():

@@ -121,7 +121,7 @@ def update_ema(ema_params: tuple, params, decays: tuple[float, ...]) -> tuple:
 
 
 # Independent random streams derived from the base key.
-INIT_STREAM, DATA_STREAM, NOISE_STREAM, SAMPLE_STREAM = 0, 1, 2, 3
+INIT_STREAM, DATA_STREAM, NOISE_STREAM, SAMPLE_STREAM, DROPOUT_STREAM = 0, 1, 2, 3, 4
 
 
 def stream_key(key: Array, stream: int) -> Array:
