@@ -194,9 +194,10 @@ def fmt_pm(mean: float, spread: float, digits: int = 3) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """A markdown table; cells are converted with ``str``."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    """A markdown table; cells are converted with ``str`` and ``|`` inside them is escaped."""
+    cells = lambda row: " | ".join(str(c).replace("|", "\\|") for c in row)
+    lines = ["| " + cells(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + cells(row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -138,8 +138,9 @@ def _report(config, mixture, results, floor) -> list[str]:
         f"{config.langevin_time:g}; seeds {config.seed}..{config.seed + config.num_seeds - 1} "
         f"(mean ± sd over seeds); {config.num_projections} projections.\n\n"
         f"Monte Carlo floor (SWD between two exact samples of p, {len(floor)} draws): "
-        f"{common.fmt_pm(*results['floor'])}; a sample of p is within the floor's spread, "
-        f"2 sd above its mean is {common.fmt(floor_mean + 2 * floor_sd)}."
+        f"{common.fmt_pm(*results['floor'])} (mean ± sd; mean + 2 sd = "
+        f"{common.fmt(floor_mean + 2 * floor_sd)}). A sample of p has an SWD distributed like "
+        "the floor."
     )
     note = (
         "Discretisation: per-mode std bias of Euler-Maruyama for a Gaussian mode, "
