@@ -91,28 +91,43 @@ def dpmpp_2m_weights(hs: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return weights
 
 
-def _run_multistep(denoiser, z, key, levels, final_denoise, weights, noise_std, trajectory):
-    """Scan ``z' = decay z + w_0 D_i + w_1 D_{i-1} + w_2 D_{i-2} (+ noise)``."""
+def multistep_update(denoiser, carry, inputs, key, stochastic: bool):
+    """One step ``z' = decay z + w_0 D_i + w_1 D_{i-1} + w_2 D_{i-2} (+ noise)``.
+
+    ``carry = (z, D_{i-1}, D_{i-2})``; ``inputs = (i, sigma_i, (decay, w_0, w_1, w_2), noise_std)``
+    with the weights of ``exponential_weights`` / ``dpmpp_2m_weights``. Returns the new carry.
+    """
+    z, d1, d2 = carry
+    i, sigma, (decay, w0, w1, w2), std = inputs
+    d0 = denoise(denoiser, z, sigma)
+    z = decay * z + w0 * d0 + w1 * d1 + w2 * d2
+    if stochastic:
+        z = z + std * jax.random.normal(jax.random.fold_in(key, i), z.shape, z.dtype)
+    return z, d0, d1
+
+
+def multistep_inputs(levels, weights, noise_std, dtype):
+    """Per-step scan inputs for ``multistep_update`` (stacked along the step axis)."""
     steps = levels.shape[0] - 1
-    stochastic = noise_std is not None
-    inputs = (
+    return (
         jnp.arange(steps),
-        jnp.asarray(levels[:-1], z.dtype),
-        jnp.asarray(weights, z.dtype),
-        jnp.asarray(noise_std if stochastic else np.zeros(steps), z.dtype),
+        jnp.asarray(levels[:-1], dtype),
+        jnp.asarray(weights, dtype),
+        jnp.asarray(np.zeros(steps) if noise_std is None else noise_std, dtype),
     )
 
+
+def _run_multistep(denoiser, z, key, levels, final_denoise, weights, noise_std, trajectory):
+    stochastic = noise_std is not None
+
     def body(carry, inputs):
-        z, d1, d2 = carry
-        i, sigma, (decay, w0, w1, w2), std = inputs
-        d0 = denoise(denoiser, z, sigma)
-        z = decay * z + w0 * d0 + w1 * d1 + w2 * d2
-        if stochastic:
-            z = z + std * jax.random.normal(jax.random.fold_in(key, i), z.shape, z.dtype)
-        return (z, d0, d1), (z if trajectory else None)
+        carry = multistep_update(denoiser, carry, inputs, key, stochastic)
+        return carry, (carry[0] if trajectory else None)
 
     zeros = jnp.zeros_like(z)
+    inputs = multistep_inputs(levels, weights, noise_std, z.dtype)
     (z, _, _), path = jax.lax.scan(body, (z, zeros, zeros), inputs)
+    steps = levels.shape[0] - 1
     return finish(denoiser, z, levels, final_denoise, steps, path if trajectory else None)
 
 
