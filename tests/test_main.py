@@ -157,3 +157,23 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(straight_run, tmp_path)
     assert metrics["nll_bpd"] > metrics["nll_bpd_true_density"] - 0.5
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main_lib.run(tiny_config(), str(tmp_path), "eval")
+
+
+@pytest.mark.slow
+def test_default_config_is_the_three_minute_main_job(tmp_path):
+    """The README's first command: train, sample and evaluate on CPU within 3 minutes."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_lv.main", f"--workdir={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["within_2x_floor"], metrics
+    assert np.isfinite(metrics["nll_bpd"])
+    for name in ("samples.png", "checkpoints", "tensorboard"):
+        assert (tmp_path / name).exists()
+    assert elapsed < 180, f"{elapsed:.0f} s"
