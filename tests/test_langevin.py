@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from diffusion_lv import langevin, metrics
 from diffusion_lv import schedules as S
@@ -183,6 +182,24 @@ def test_langevin_at_fixed_t_keeps_p_t(schedule, c):
     assert moved > 0.5 * np.sqrt(v_min)
 
 
+def test_plain_langevin_keeps_p():
+    """``langevin`` (dz = score dtau + sqrt(2) dW) with the VE score at fixed sigma keeps p."""
+    gm, ve = mixture(), S.VEKarras()
+    v_min = float(gm.eigvals.min()) + SIGMA_VE**2
+    step = 0.02 * v_min  # h = 2% of the smallest component variance, 300 steps
+    score = lambda z: gm.score_ve(z, SIGMA_VE)
+    k_start, k_chain, k_ref = jax.random.split(jax.random.key(5), 3)
+    z0 = gm.sample_marginal(k_start, NUM_SAMPLES, SIGMA_VE, ve)
+    z = jax.jit(lambda z, key: langevin.langevin(score, z, key, step, LANGEVIN_STEPS))(z0, k_chain)
+    reference = gm.sample_marginal(k_ref, NUM_SAMPLES, SIGMA_VE, ve)
+    zs, se = z_scores(z, reference, gm, SIGMA_VE, ve)
+    # In VE coordinates g^2 = 2 sigma, so the rate-1 split step with dtau = h / sigma is this one.
+    bias_step = langevin_affine_step(ve, SIGMA_VE, step / SIGMA_VE, 1.0)
+    assert_bias_negligible(gaussian_chain_bias(ve, gm, SIGMA_VE, bias_step, LANGEVIN_STEPS, 1.0),
+                           se, "plain Langevin")
+    assert np.abs(zs).max() < Z_MAX, f"z-scores (mean, cov, E log p): {np.round(zs, 2)}"
+
+
 def test_langevin_converges_to_p_t_from_elsewhere():
     """From a point cloud at the origin, the SWD to p_t falls steadily, then to the floor."""
     gm = oracle.ring(num_modes=8, radius=2.0, std=0.1)
@@ -329,16 +346,18 @@ def test_ode_reverse_step_is_deterministic_and_rates_are_checked():
 
 
 def test_annealed_langevin_reaches_the_data_distribution():
-    """SMLD on the 8-mode ring: SWD to the data within 2x the floor; modes equally filled.
+    """SMLD on an 8-mode ring with weights 1..8: SWD to the data within 3x the sampling floor.
 
-    Under exact sampling the SWD between two n=4000 samples is floor * (1 +- 0.15), so 2x is a
-    6-sigma bound; mode counts are multinomial(n, 1/8), tested by chi-square at p = 1e-6.
-    Plain Langevin from the prior does not balance the modes; annealing is what makes this pass.
+    Two independent n=4000 samples give SWD = floor (1 +- 0.26) over seeds, so 3x is far out
+    in the tail for an exact sampler; SMLD's own biases (mode weights frozen where the modes
+    separate, ~1.5x floor measured) stay inside it. Unequal weights matter: on a symmetric ring
+    even a chain that never mixes fills the modes evenly by symmetry, and would pass.
     """
-    gm = oracle.ring(num_modes=8, radius=2.0, std=0.1)
+    ring = oracle.ring(num_modes=8, radius=2.0, std=0.1)
+    gm = oracle.GaussianMixture.isotropic(np.arange(1.0, 9.0), np.asarray(ring.means), 0.1)
     n = 4000
     sigmas = jnp.geomspace(5.0, 0.01, 15)
-    epsilon = 0.05 * 0.01**2  # the step at sigma_i is 5% of sigma_i^2
+    epsilon = 0.1 * 0.01**2  # the step at sigma_i is 10% of sigma_i^2
     run = jax.jit(lambda z, key: langevin.annealed_langevin(gm.score_ve, z, key, sigmas, 50,
                                                             epsilon))
     z = run(5.0 * jax.random.normal(jax.random.key(0), (n, 2)), jax.random.key(1))
@@ -348,10 +367,4 @@ def test_annealed_langevin_reaches_the_data_distribution():
     ])
     swd = float(metrics.sliced_wasserstein(z, gm.sample(jax.random.key(2), n),
                                            jax.random.key(3), 128))
-    assert swd < 2 * floor, (swd, floor)
-    nearest = np.argmin(
-        np.sum((np.asarray(z)[:, None] - np.asarray(gm.means)[None]) ** 2, -1), axis=1
-    )
-    counts = np.bincount(nearest, minlength=8)
-    chi2 = np.sum((counts - n / 8) ** 2 / (n / 8))
-    assert chi2 < stats.chi2.ppf(1 - 1e-6, df=7), counts
+    assert swd < 3 * floor, (swd, floor)

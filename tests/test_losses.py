@@ -93,6 +93,18 @@ def test_each_weighting_is_its_native_mse_in_x0_space(x64, schedule):
     np.testing.assert_allclose(L.weighting("min_snr", schedule, t), np.minimum(snr, 5.0))
 
 
+@pytest.mark.parametrize("schedule", ALL, ids=IDS)
+def test_perturb_is_the_forward_marginal(x64, schedule):
+    """``x_t = alpha x0 + sigma eps``: the samples the loss sees are the oracle's p_t."""
+    rng = np.random.default_rng(3)
+    t = times(schedule, 8, seed=3)
+    x0, eps = (jnp.asarray(rng.standard_normal((8, 2, 3))) for _ in range(2))
+    alpha, sigma = schedule.alpha(t)[:, None, None], schedule.sigma(t)[:, None, None]
+    terms = np.abs(alpha * x0) + np.abs(sigma * eps)  # a sum of two products: <= 2 ulps of these
+    err = np.abs(L.perturb(x0, eps, t, schedule) - (alpha * x0 + sigma * eps))
+    np.testing.assert_array_less(err, 4 * EPS64 * terms + 1e-300)
+
+
 def test_loss_equals_the_familiar_native_losses(x64):
     """diffusion_loss with native weighting, no importance weights: the usual eps/v/x0 MSEs."""
     schedule = S.RectifiedFlow()
