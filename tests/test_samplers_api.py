@@ -84,6 +84,11 @@ def test_grids_end_points_and_spacing():
     assert with_zero.shape == (10,) and with_zero[-1] == 0.0
 
 
+def test_uniform_t_grid_in_float64_mode(x64):
+    s = get_sigmas("uniform_t", 5, 0.01, 50.0, schedule=VP())
+    assert s[0] == 50.0 and s[-1] == 0.01 and s.dtype == np.float64
+
+
 # -- exact NFE ------------------------------------------------------------------------------
 
 

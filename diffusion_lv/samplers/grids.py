@@ -78,7 +78,7 @@ def get_sigmas(
         if schedule is None:
             raise ValueError("grid='uniform_t' needs the schedule whose time is uniform")
         sigmas = uniform_t_sigmas(num_levels, sigma_min, sigma_max, schedule)
-    sigmas = np.asarray(sigmas, np.float64)
+    sigmas = np.array(sigmas, np.float64)  # a writable copy (never a view of a JAX array)
     # Pin the ends exactly (rounding in the power/exp maps moves them by an ulp).
     sigmas[0] = sigma_max
     if num_levels > 1:
