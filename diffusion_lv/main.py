@@ -12,6 +12,12 @@ validated before anything compiles. Without ``--config`` the quick-start config
 
 The workdir holds ``config.json``, ``checkpoints/`` (orbax), ``tensorboard/`` (event files),
 ``samples/step_*.png`` (during training), ``samples.png``, ``samples.npy`` and ``metrics.json``.
+
+Multi-process runs (one process per host or per GPU; see docs/scale.md): ``--distributed=auto``
+detects a cloud TPU pod slice / SLURM; ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I`` starts one of N processes explicitly. Every process trains (the mesh spans all
+global devices) and joins every checkpoint save; only process 0 logs and writes files. ``eval``
+and ``sample`` read the latest checkpoint and need only one process.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from diffusion_lv import config_validation, evaluate, image_eval, training
+from diffusion_lv import config_validation, distributed, evaluate, image_eval, training
 from diffusion_lv.training import state as state_lib
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
@@ -38,6 +44,14 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and metrics.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_enum(
+    "distributed", "off", distributed.MODES,
+    "Multi-process runtime: off (one process), auto (jax.distributed.initialize() detects a TPU "
+    "pod slice / SLURM), explicit (implied by --coordinator_address).",
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit mode).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (explicit mode).")
+flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 FLAGS = flags.FLAGS
 
 PERIODIC_SAMPLES = 2048  # samples drawn for the every-K-steps plots
@@ -80,6 +94,8 @@ def draw_samples(experiment, state, num: int):
 def write_samples(experiment, state, workdir: str) -> np.ndarray:
     samples, nfe = draw_samples(experiment, state, experiment.eval.num_samples)
     samples = np.asarray(samples)
+    if not distributed.is_main_process():  # every process samples the same; one writes
+        return samples, nfe
     np.save(os.path.join(workdir, "samples.npy"), samples)
     if experiment.image_data is not None:  # a grid of images, and the denoising strip
         image_eval.write_grid(samples, os.path.join(workdir, "samples.png"))
@@ -131,8 +147,9 @@ def write_metrics(experiment, state, workdir: str, extra: dict | None = None) ->
                 result["nll_bpd_true_density"] = exact
     result["eval_seconds"] = round(time.perf_counter() - start, 2)
     result.update(extra or {})
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    if distributed.is_main_process():
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
     return result
 
 
@@ -151,7 +168,8 @@ def periodic_sampler(experiment, workdir: str):
             return
         os.makedirs(folder, exist_ok=True)
         step = int(state.step)
-        samples, _ = sampler(experiment.eval_params(state), key)
+        # Host copies: a local program on process 0, not one over the global mesh.
+        samples, _ = sampler(distributed.to_host(experiment.eval_params(state)), key)
         if experiment.image_data is not None:
             image_eval.periodic_grid(samples, folder, step, tensorboard)
             return
@@ -191,7 +209,9 @@ def run(config, workdir: str, mode: str) -> dict | None:
         if result.stopped_by is not None:
             return None
         train_seconds = round(time.perf_counter() - start, 2)
-        return write_metrics(experiment, result.state, workdir, {"train_seconds": train_seconds})
+        # Every process evaluates the same host copy locally (no collective); process 0 writes.
+        state = distributed.to_host(result.state)
+        return write_metrics(experiment, state, workdir, {"train_seconds": train_seconds})
     state = restore_latest(experiment, workdir)
     if mode == "sample":
         write_samples(experiment, state, workdir)
@@ -204,6 +224,15 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
+    mode = FLAGS.distributed
+    if mode == "off" and FLAGS.coordinator_address is not None:
+        mode = "explicit"
+    try:
+        distributed.initialize(
+            mode, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
     if not FLAGS["verbosity"].present:
         # orbax logs every save step at INFO; keep the console to the progress line.
         absl_logging.set_verbosity(absl_logging.WARNING)
@@ -212,6 +241,8 @@ def main(argv):
         metrics = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
     except (config_validation.ConfigError, training.NonFiniteError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
+    if not distributed.is_main_process():
+        return
     if metrics is not None and "swd" not in metrics:  # image data
         print(
             f"{image_eval.summary_line(metrics)}; wrote "
