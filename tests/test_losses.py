@@ -157,7 +157,7 @@ def log_snr_range(schedule):
 @pytest.mark.parametrize("schedule", ALL, ids=IDS)
 def test_time_sampler_density_and_samples_agree(x64, schedule, name):
     sampler = L.TimeSampler(name)
-    n = 20000
+    n = 10000
     t = np.asarray(sampler.sample(jax.random.key(3), n, schedule))
     assert t.dtype == np.float64 and t.min() >= schedule.t_min and t.max() <= schedule.t_max
     lo, hi = log_snr_range(schedule)
@@ -167,9 +167,10 @@ def test_time_sampler_density_and_samples_agree(x64, schedule, name):
         lam, w = gauss_legendre(lo, hi, nodes)
         assert np.sum(w * density_in_log_snr(sampler, schedule, lam)) == pytest.approx(1, abs=1e-9)
     # The samples follow the density: Kolmogorov-Smirnov against its CDF (quadrature from the
-    # low-noise end, 64 nodes per sample), rejecting at p = 1e-6.
+    # low-noise end, 32 nodes per sample: error < 1e-5), rejecting at p = 1e-6 (the test then
+    # detects a CDF off by 0.027 anywhere).
     lam_samples = np.asarray(schedule.log_snr(jnp.asarray(t)))
-    lam_nodes, w = gauss_legendre(lam_samples[:, None], hi, 64)
+    lam_nodes, w = gauss_legendre(lam_samples[:, None], hi, 32)
     tail = np.sum(w * density_in_log_snr(sampler, schedule, lam_nodes), axis=1)
     cdf_in_t = tail  # log-SNR decreases with t: P(T <= t) = P(lambda >= lambda(t))
     result = stats.kstest(cdf_in_t, "uniform")
