@@ -176,6 +176,10 @@ def make_train_step(
         return new_state, metrics
 
     def per_device(state: TrainState, batches: Array):
+        if unroll and batches.shape[0] == 1:
+            # scan(unroll=True) of length 1 keeps its while loop: 30x slower on XLA:CPU (measured).
+            state, metrics = one_update(state, batches[0])
+            return state, jax.tree.map(lambda m: m[None], metrics)
         return lax.scan(one_update, state, batches, unroll=unroll)
 
     sharded = jax.shard_map(
