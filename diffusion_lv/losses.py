@@ -213,6 +213,31 @@ def loss_weight(config: LossConfig, schedule: Schedule, t: Array) -> Array:
     return w
 
 
+def draw_times_and_noise(
+    key: Array, x0: Array, schedule: Schedule, config: LossConfig
+) -> tuple[Array, Array]:
+    """The loss's random draws for a batch: times from the time sampler and Gaussian noise."""
+    key_t, key_eps = jax.random.split(key)
+    t = config.time_sampler.sample(key_t, x0.shape[0], schedule).astype(x0.dtype)
+    return t, jax.random.normal(key_eps, x0.shape, x0.dtype)
+
+
+def loss_at(
+    model_fn: Callable[[Array, Array], Array],
+    x0: Array,
+    t: Array,
+    eps: Array,
+    schedule: Schedule,
+    config: LossConfig,
+) -> Array:
+    """Per-example ``w(t) ||D_theta(x_t, t) - x0||^2 / d`` at given times and noise."""
+    x_t = perturb(x0, eps, t, schedule)
+    denoised = convert.to_x0(
+        model_fn(x_t, t), config.prediction, x_t, t, schedule, config.sigma_data
+    )
+    return loss_weight(config, schedule, t) * squared_error(denoised, x0)
+
+
 def diffusion_loss(
     model_fn: Callable[[Array, Array], Array],
     x0: Array,
@@ -224,14 +249,8 @@ def diffusion_loss(
 
     ``model_fn(x_t, t)`` returns the network's native output (``config.prediction``).
     """
-    key_t, key_eps = jax.random.split(key)
-    t = config.time_sampler.sample(key_t, x0.shape[0], schedule).astype(x0.dtype)
-    eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
-    x_t = perturb(x0, eps, t, schedule)
-    denoised = convert.to_x0(
-        model_fn(x_t, t), config.prediction, x_t, t, schedule, config.sigma_data
-    )
-    return loss_weight(config, schedule, t) * squared_error(denoised, x0), t
+    t, eps = draw_times_and_noise(key, x0, schedule, config)
+    return loss_at(model_fn, x0, t, eps, schedule, config), t
 
 
 def perturb(x0: Array, eps: Array, t: Array, schedule: Schedule) -> Array:

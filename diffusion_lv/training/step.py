@@ -29,7 +29,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from diffusion_lv import convert, losses
+from diffusion_lv import losses
 from diffusion_lv.models.parameterization import Parameterization
 from diffusion_lv.training.state import (
     DROPOUT_STREAM,
@@ -88,17 +88,11 @@ def per_example_loss(
     """
 
     def draws(x, key):
-        key_t, key_eps = jax.random.split(key)
-        t = config.time_sampler.sample(key_t, 1, schedule)[0]
-        eps = jax.random.normal(key_eps, (1, *x.shape), x.dtype)[0]
-        return t.astype(x.dtype), eps
+        t, eps = losses.draw_times_and_noise(key, x[None], schedule, config)
+        return t[0], eps[0]
 
     t, eps = jax.vmap(draws)(x0, keys)
-    x_t = losses.perturb(x0, eps, t, schedule)
-    denoised = convert.to_x0(
-        model_fn(x_t, t), config.prediction, x_t, t, schedule, config.sigma_data
-    )
-    return losses.loss_weight(config, schedule, t) * losses.squared_error(denoised, x0), t
+    return losses.loss_at(model_fn, x0, t, eps, schedule, config), t
 
 
 def make_train_step(
