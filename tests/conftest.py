@@ -1,6 +1,7 @@
 """Shared test configuration.
 
-Slow tests (``@pytest.mark.slow``) run with ``--runslow`` or ``RUN_SLOW=1``.
+Slow tests (``@pytest.mark.slow``) run with ``--runslow``, ``RUN_SLOW=1`` or in CI (``CI=true``:
+they add about 3 minutes on 2 cores).
 Tests of exact identities use the ``x64`` fixture (float64 inside the test only).
 """
 
@@ -15,7 +16,11 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow") or os.environ.get("RUN_SLOW") == "1":
+    if (
+        config.getoption("--runslow")
+        or os.environ.get("RUN_SLOW") == "1"
+        or os.environ.get("CI") == "true"
+    ):
         return
     skip_slow = pytest.mark.skip(reason="slow: run with --runslow or RUN_SLOW=1")
     for item in items:
