@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_lv import config_validation, image_grid, main
+from diffusion_lv import config_validation, image_grid, main, training
 from diffusion_lv.models import unet
 from diffusion_lv.training import state as state_lib
 from diffusion_lv.training import step as step_lib
@@ -120,6 +120,7 @@ def test_one_training_step_on_mock_data(path):
 
 def test_digits_end_to_end_through_main(tmp_path):
     config = _shrunk("configs/digits/ve_karras.py", num_steps=3, sample_every=2)
+    config.optimizer.decay = "constant"  # a cosine decay's length follows num_steps
     config.sampler.nfe = 3
     config.eval.num_samples = 20
     workdir = str(tmp_path)
@@ -133,9 +134,20 @@ def test_digits_end_to_end_through_main(tmp_path):
     # An almost untrained model: far from the data, and the metric says so.
     assert metrics["frechet_digits"] > 3 * metrics["frechet_digits_floor"] > 0
     assert not metrics["within_3x_floor"]
-    # Resume: a second run continues from the checkpoint, then evaluates again.
+    # Resume: a second run continues from the checkpoint, then evaluates again; it ends with
+    # exactly the params of a run that trained 4 steps without stopping (the batches are a
+    # function of the step).
     config.training.num_steps = 4
     assert main.run(config, workdir, "train")["step"] == 4
+    experiment = config_validation.parse(config, num_devices=1)
+    resumed = main.restore_latest(experiment, workdir)
+    straight = training.train(
+        str(tmp_path / "straight"), experiment.network, experiment.parameterization,
+        experiment.loss, experiment.optimizer, experiment.training, experiment.dataset_fn,
+        experiment.data_shape, console=False, make_batches=experiment.image_data.step_batches,
+    ).state
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), resumed.params, straight.params)
+    assert all(jax.tree.leaves(same))
 
 
 # -- pictures -----------------------------------------------------------------------------------
