@@ -84,6 +84,22 @@ def get_config():
     config.eval.repeats = 8  # reference draws averaged for the distance and its floor
     config.eval.params = "ema"  # ema, raw
     config.eval.ema_decay = config_dict.placeholder(float)  # None: the first EMA decay
-    config.eval.nll_examples = 256  # probability-flow NLL (bits/dim) on that many points; 0: off
+    config.eval.checkpoint_step = config_dict.placeholder(int)  # None: the latest checkpoint
+    # Probability-flow NLL (diffusion_lv/likelihood.py) on held-out data: fresh draws of a 2-D
+    # set, the eval split of an image set (all of it if it has fewer examples), dequantised to
+    # the data's levels for images. metrics.json gets the mean bits/dim and its standard error.
+    config.eval.nll_examples = 256  # at most this many examples; 0: off
+    config.eval.nll_batch_size = 256  # examples per ODE solve (one compilation)
+    config.eval.nll_divergence = "exact"  # exact (small dimensions), hutchinson
+    config.eval.nll_num_probes = 1  # Hutchinson probes per example
+    config.eval.nll_rtol = 1e-5  # adaptive solver tolerances
+    config.eval.nll_atol = 1e-5
     config.eval.seed = 0
+    # FID (image data only): the path of pytorch-fid's Inception weights,
+    # pt_inception-2015-12-05-6726825d.pth from its GitHub releases (or an .npz of the same
+    # keys); "": no FID. fid_reference: a pytorch-fid statistics .npz (mu, sigma) to compare
+    # with; "": statistics of eval.num_samples images of the data set's test split (train if it
+    # has none), cached in the workdir as fid_reference_stats.npz. See docs/images.md.
+    config.eval.inception_weights = ""
+    config.eval.fid_reference = ""
     return config

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 
 from diffusion_lv import convert, losses, samplers
+from diffusion_lv import likelihood as likelihood_lib
 from diffusion_lv.data import images, toy
+from diffusion_lv.likelihood import LikelihoodConfig
 from diffusion_lv.models import unet
 from diffusion_lv.models.mlp import MLP
 from diffusion_lv.models.parameterization import Parameterization
@@ -44,7 +47,12 @@ class EvalConfig:
     params: str = "ema"  # "ema" (the first EMA decay unless ema_decay says which) or "raw"
     ema_decay: float | None = None
     nll_examples: int = 0  # 0: no NLL
+    nll_batch_size: int = 256
+    likelihood: LikelihoodConfig = LikelihoodConfig()  # solver, divergence, dequantisation
+    checkpoint_step: int | None = None  # None: the latest
     seed: int = 0
+    inception_weights: str = ""  # FID Inception weights file; "": no FID
+    fid_reference: str = ""  # FID statistics .npz; "": computed from the data set, cached
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +263,8 @@ def _sampler(config, schedule: Schedule) -> samplers.SamplerConfig:
     return _wrap("sampler", lambda: samplers.SamplerConfig(**values))
 
 
-def _eval(config, ema_decays: tuple[float, ...]) -> EvalConfig:
+def _eval(config, ema_decays: tuple[float, ...], sigma_data: float,
+          image_data: images.ImageData | None) -> EvalConfig:
     params = _choice(config, "eval.params", EVAL_PARAMS)
     ema_decay = _number(config, "eval.ema_decay", optional=True)
     if ema_decay is not None and ema_decay not in ema_decays:
@@ -270,8 +279,59 @@ def _eval(config, ema_decays: tuple[float, ...]) -> EvalConfig:
         params=params,
         ema_decay=ema_decay,
         nll_examples=_number(config, "eval.nll_examples", lo=0, integer=True),
+        nll_batch_size=_number(config, "eval.nll_batch_size", lo=1, integer=True),
+        likelihood=_likelihood(config, sigma_data, image_data),
+        checkpoint_step=_number(config, "eval.checkpoint_step", lo=0, integer=True,
+                                optional=True),
         seed=_number(config, "eval.seed", integer=True),
+        **_fid_files(config, image_data),
     )
+
+
+def _fid_files(config, image_data) -> dict:
+    """``eval.inception_weights`` / ``eval.fid_reference``: files that exist, image data only."""
+    from diffusion_lv import fid, inception
+
+    how = {
+        "inception_weights": f"download {inception.WEIGHTS_FILE} from pytorch-fid's GitHub "
+        f"releases ({inception.WEIGHTS_URL}) and pass its path",
+        "fid_reference": "pass a pytorch-fid statistics .npz (keys mu, sigma), or '' to compute "
+        "the statistics from the data set",
+    }
+    files = {}
+    for name, instructions in how.items():
+        path = _get(config, f"eval.{name}")
+        if not isinstance(path, str):
+            raise ConfigError(f"config.eval.{name}={path!r} is not valid; valid: a path or ''")
+        if path and image_data is None:
+            raise ConfigError(
+                f"config.eval.{name}={path!r}: FID is for image data sets; "
+                f"config.data.name is a 2-D set (valid: '' or an image data set)"
+            )
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"config.eval.{name}={path!r} does not exist: {instructions}")
+        files[name] = path
+    if files["fid_reference"]:
+        if not files["inception_weights"]:
+            raise ConfigError(
+                "config.eval.fid_reference is set but config.eval.inception_weights is '': "
+                f"FID needs the weights ({how['inception_weights']})"
+            )
+        _wrap("eval.fid_reference", lambda: fid.load_stats(files["fid_reference"]))
+    return files
+
+
+def _likelihood(config, sigma_data: float, image_data) -> LikelihoodConfig:
+    """The NLL solver's settings; image data are dequantised to their number of levels."""
+    divergence = _choice(config, "eval.nll_divergence", likelihood_lib.DIVERGENCES)
+    return _wrap("eval", lambda: LikelihoodConfig(
+        divergence=divergence,
+        num_probes=_number(config, "eval.nll_num_probes", lo=1, integer=True),
+        rtol=_number(config, "eval.nll_rtol", lo=0.0, lo_open=True),
+        atol=_number(config, "eval.nll_atol", lo=0.0, lo_open=True),
+        num_levels=None if image_data is None else image_data.info.num_levels,
+        sigma_data=sigma_data,
+    ))
 
 
 def _network(config) -> nn.Module:
@@ -308,7 +368,7 @@ def parse(config, num_devices: int | None = None) -> Experiment:
         optimizer=_optimizer(config, training.num_steps),
         training=training,
         sampler=_sampler(config, schedule),
-        eval=_eval(config, training.ema_decays),
+        eval=_eval(config, training.ema_decays, parameterization.sigma_data, image_data),
         image_data=image_data,
     )
 

@@ -57,20 +57,28 @@ FLAGS = flags.FLAGS
 PERIODIC_SAMPLES = 2048  # samples drawn for the every-K-steps plots
 
 
-def restore_latest(experiment: config_validation.Experiment, workdir: str):
-    """The latest checkpoint's train state (a clear error if the workdir has none)."""
+def restore_checkpoint(experiment: config_validation.Experiment, workdir: str):
+    """The train state of ``eval.checkpoint_step`` (None: the latest); a clear error naming the
+    saved steps if the workdir has no such checkpoint."""
     optimizer = state_lib.make_optimizer(experiment.optimizer)
     like = state_lib.create_train_state(
         experiment.network, optimizer, experiment.training.seed, experiment.data_shape,
         len(experiment.training.ema_decays),
     )
+    step = experiment.eval.checkpoint_step
     checkpoints = training.Checkpointer(workdir, read_only=True)
     try:
-        if checkpoints.latest_step() is None:
+        saved = checkpoints.all_steps()
+        if not saved:
             raise FileNotFoundError(
                 f"no checkpoint in {checkpoints.directory}: run --mode=train first"
             )
-        return checkpoints.restore(like)
+        if step is not None and step not in saved:
+            raise FileNotFoundError(
+                f"config.eval.checkpoint_step={step} has no checkpoint in "
+                f"{checkpoints.directory}; valid choices: {sorted(saved)}"
+            )
+        return checkpoints.restore(like, step)
     finally:
         checkpoints.close()
 
@@ -133,24 +141,62 @@ def write_metrics(experiment, state, workdir: str, extra: dict | None = None) ->
         **quality,
     }
     if experiment.eval.nll_examples > 0:
-        data = experiment.dataset_fn(jax.random.PRNGKey(experiment.eval.seed + 2),
-                                     experiment.eval.nll_examples)
-        nll = evaluate.nll_bits_per_dim(
-            experiment.network.apply, experiment.eval_params(state),
-            experiment.parameterization, data, jax.random.PRNGKey(experiment.eval.seed + 3),
-        )
-        if nll is not None:
-            result["nll_bpd"] = evaluate.finite_or_none(nll)
-            result["nll_examples"] = experiment.eval.nll_examples
-            exact = evaluate.exact_nll_bits_per_dim(experiment.dataset, data, experiment.schedule)
-            if exact is not None:
-                result["nll_bpd_true_density"] = exact
+        result.update(held_out_nll(experiment, state))
     result["eval_seconds"] = round(time.perf_counter() - start, 2)
     result.update(extra or {})
     if distributed.is_main_process():
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def held_out_nll(experiment, state) -> dict:
+    """NLL (bits/dim, with its standard error) of held-out data: the image set's eval split
+    (all of it if smaller than ``eval.nll_examples``), or fresh draws of a 2-D set from their
+    own stream, with the true density's figure for the same points where it is known."""
+    if experiment.image_data is not None:
+        available = experiment.image_data.num_examples(experiment.image_data.eval_split)
+        data = experiment.image_data.examples(min(experiment.eval.nll_examples, available))
+        source = f"{experiment.dataset}/{experiment.image_data.eval_split}"
+    else:
+        data = experiment.dataset_fn(jax.random.PRNGKey(experiment.eval.seed + 2),
+                                     experiment.eval.nll_examples)
+        source = f"{experiment.dataset} (fresh draws)"
+    config = experiment.eval.likelihood
+    figures = evaluate.evaluate_nll(
+        experiment.network.apply, experiment.eval_params(state), experiment.parameterization,
+        data, config, experiment.eval.nll_batch_size, jax.random.PRNGKey(experiment.eval.seed + 3),
+        show_progress=distributed.is_main_process(),
+    )
+    result = {
+        "nll_bpd": evaluate.finite_or_none(figures["bits_per_dim"]),
+        "nll_bpd_standard_error": evaluate.finite_or_none(figures["bits_per_dim_standard_error"]),
+        "nll_nats": evaluate.finite_or_none(figures["nll"]),
+        "nll_nats_standard_error": evaluate.finite_or_none(figures["nll_standard_error"]),
+        "nll_examples": int(figures["num_examples"]),
+        "nll_data": source,
+        "nll_dequantized_levels": config.num_levels,
+        "nll_divergence": config.divergence
+        + (f" ({config.num_probes} probe{'s' * (config.num_probes > 1)})"
+           if config.divergence == "hutchinson" else ""),
+        "nll_nfe_per_solve": evaluate.finite_or_none(figures["nfe"]),
+        "nll_unsolved_batches": int(figures["unsolved_batches"]),
+    }
+    exact = evaluate.exact_nll_bits_per_dim(experiment.dataset, data, experiment.schedule)
+    if exact is not None:
+        result["nll_bpd_true_density"] = exact
+    return result
+
+
+def nll_summary(metrics: dict) -> str:
+    line = (
+        f"NLL {metrics['nll_bpd']:.4f} +- {metrics['nll_bpd_standard_error']:.4f} bits/dim "
+        f"(standard error) on {metrics['nll_examples']} held-out examples of "
+        f"{metrics['nll_data']}"
+    )
+    if "nll_bpd_true_density" in metrics:
+        line += f"; the true density: {metrics['nll_bpd_true_density']:.4f}"
+    return line
 
 
 def periodic_sampler(experiment, workdir: str):
@@ -212,7 +258,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
         # Every process evaluates the same host copy locally (no collective); process 0 writes.
         state = distributed.to_host(result.state)
         return write_metrics(experiment, state, workdir, {"train_seconds": train_seconds})
-    state = restore_latest(experiment, workdir)
+    state = restore_checkpoint(experiment, workdir)
     if mode == "sample":
         write_samples(experiment, state, workdir)
         return None
@@ -256,6 +302,8 @@ def main(argv):
             f"wrote {os.path.join(FLAGS.workdir, 'metrics.json')} "
             f"[{time.perf_counter() - start:.0f} s]"
         )
+    if metrics is not None and metrics.get("nll_bpd") is not None:
+        print(nll_summary(metrics))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ BAD_VALUES = [
     ("diffusion.t_max", 2.0, ["config.diffusion", "t_max=2.0"]),  # beyond RF's end s=1
     ("sampler.sigma_max", 500.0, ["config.sampler.sigma_max=500.0", "outside", "80"]),
     ("eval.ema_decay", 0.5, ["config.eval.ema_decay=0.5", "valid choices"]),
+    ("eval.nll_divergence", "trace", ["config.eval.nll_divergence='trace'", "hutchinson"]),
+    ("eval.nll_rtol", 0.0, ["config.eval.nll_rtol=0.0", "> 0.0"]),
+    ("eval.nll_batch_size", 0, ["config.eval.nll_batch_size=0", ">= 1"]),
+    ("eval.checkpoint_step", -1, ["config.eval.checkpoint_step=-1", ">= 0"]),
 ]
 
 

@@ -112,8 +112,8 @@ def test_sigkill_during_save_resumes_from_last_complete_checkpoint(straight_run,
     metrics = main_lib.run(tiny_config(), workdir, "train")
     straight_dir, straight_metrics = straight_run
     config = tiny_config()
-    resumed = main_lib.restore_latest(main_lib.config_validation.parse(config), workdir)
-    reference = main_lib.restore_latest(main_lib.config_validation.parse(config), straight_dir)
+    resumed = main_lib.restore_checkpoint(main_lib.config_validation.parse(config), workdir)
+    reference = main_lib.restore_checkpoint(main_lib.config_validation.parse(config), straight_dir)
     assert int(resumed.step) == int(reference.step) == 8
     for a, b in zip(flat_leaves(resumed), flat_leaves(reference), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -155,8 +155,29 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(straight_run, tmp_path)
     # The NLL hook: a finite figure, and the true density's for the same points (ring8).
     assert metrics["nll_examples"] == 8 and np.isfinite(metrics["nll_bpd"])
     assert metrics["nll_bpd"] > metrics["nll_bpd_true_density"] - 0.5
+    assert metrics["nll_bpd_standard_error"] > 0 and metrics["nll_data"] == "ring8 (fresh draws)"
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main_lib.run(tiny_config(), str(tmp_path), "eval")
+
+
+def test_eval_of_a_named_checkpoint(straight_run):
+    """``eval.checkpoint_step`` restores that step (the run keeps 4, 6, 8); a step that was not
+    kept is refused, naming the saved ones, before anything compiles."""
+    workdir, _ = straight_run
+    config = tiny_config()
+    config.eval.checkpoint_step = 6
+    experiment = main_lib.config_validation.parse(config)
+    state = main_lib.restore_checkpoint(experiment, workdir)
+    assert int(state.step) == 6
+    latest = main_lib.restore_checkpoint(main_lib.config_validation.parse(tiny_config()), workdir)
+    assert int(latest.step) == 8
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(flat_leaves(state.params), flat_leaves(latest.params), strict=True))
+    metrics = main_lib.run(config, workdir, "eval")
+    assert metrics["step"] == 6
+    config.eval.checkpoint_step = 2
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_step=2 .*valid choices: \[4, 6, 8\]"):
+        main_lib.run(config, workdir, "eval")
 
 
 @pytest.mark.slow

@@ -204,7 +204,7 @@ def test_job_resumes_after_one_process_is_killed(single, tmp_path):
     for dotted, value in TINY.items():
         section, key = dotted.split(".")
         config[section][key] = value
-    state = main.restore_latest(config_validation.parse(config), str(tmp_path))
+    state = main.restore_checkpoint(config_validation.parse(config), str(tmp_path))
     assert int(state.step) == 8
     resumed = {"params": [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]}
     assert_same(resumed, single)

@@ -65,5 +65,5 @@ def get_config():
             "ema_decays": (0.99929,),
         },
         sampler={"name": "heun", "nfe": 35, "grid": "karras", "rho": 7.0},
-        eval={"num_samples": 1024, "nll_examples": 0},
+        eval={"num_samples": 1024, "nll_examples": 0, "nll_divergence": "hutchinson"},
     )

@@ -53,5 +53,5 @@ def get_config():
             "ema_decays": (0.999999,),
         },
         sampler={"name": "ode", "rtol": 1e-5, "atol": 1e-5},
-        eval={"num_samples": 1024, "nll_examples": 0},
+        eval={"num_samples": 1024, "nll_examples": 0, "nll_divergence": "hutchinson"},
     )

@@ -70,6 +70,10 @@ def mnist_config(row: str, dataset: str = "mnist"):
         data={"name": dataset, "random_flip": False, "dequantize": row == "ddpmpp_vp_ml",
               "num_threads": 4},
         model=MODEL,
-        eval={"num_samples": 1024, "nll_examples": 1024 if row == "ddpmpp_vp_ml" else 0},
+        eval={
+            "num_samples": 1024,
+            "nll_examples": 1024 if row == "ddpmpp_vp_ml" else 0,
+            "nll_divergence": "hutchinson",
+        },
         **ROWS[row],
     )

@@ -367,6 +367,11 @@ class ImageData:
         return StepBatches(self.train_dataset(global_batch, seed), mesh, with_labels,
                            self.num_threads)
 
+    def num_examples(self, split: str | None = None) -> int:
+        """The number of images in a split (default ``eval_split``)."""
+        split = self.eval_split if split is None else split
+        return len(open_source(self.name, split, self.data_dir))
+
     def examples(self, num: int, split: str | None = None) -> np.ndarray:
         """The first ``num`` images of a split (default ``eval_split``), in record order,
         without augmentation: ``float32 (num, H, W, C)`` in ``[-1, 1]``."""

@@ -61,6 +61,45 @@ class ProgressLine:
         self.stream.flush()
 
 
+def track(items, total: int, label: str, stream=None, enabled: bool = True):
+    """Yield ``items`` while drawing ``label [#####-----] 5/10 | 1.2 s/it | ETA 0:06``.
+
+    The bar advances when the next item is requested, i.e. after the caller has finished with
+    the previous one (a caller that syncs on its result measures real work, not dispatch). On a
+    terminal the line is rewritten in place; otherwise (files, CI) it is printed at about every
+    tenth of the work. Only process 0 draws.
+    """
+    stream = sys.stderr if stream is None else stream
+    enabled = enabled and jax.process_index() == 0 and total > 0
+    interactive = bool(getattr(stream, "isatty", lambda: False)())
+    start = time.perf_counter()
+    printed = -1
+
+    def draw(done: int) -> None:
+        nonlocal printed
+        if not enabled or (not interactive and done * 10 // total == printed):
+            return
+        printed = done * 10 // total
+        elapsed = time.perf_counter() - start
+        per_item = elapsed / done if done else float("nan")
+        filled = int(20 * done / total)
+        line = (
+            f"{label} [{'#' * filled}{'-' * (20 - filled)}] {done}/{total} | "
+            f"{per_item:.2f} s/it | ETA {format_duration(per_item * (total - done))}"
+        )
+        stream.write(("\r" + line) if interactive else line + "\n")
+        if interactive and done == total:
+            stream.write("\n")
+        stream.flush()
+
+    done = 0
+    draw(done)
+    for item in items:
+        yield item
+        done += 1
+        draw(done)
+
+
 class TensorBoard:
     """tensorboardX ``SummaryWriter`` in ``<workdir>/tensorboard``; a no-op off process 0."""
 
