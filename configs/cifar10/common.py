@@ -23,3 +23,29 @@ def image_config(*, data: dict, model: dict, **sections):
         for key, value in values.items():
             config[section][key] = value
     return config
+
+
+# score_sde's CIFAR-10 recipe, which the rectified-flow code base reuses: Adam with warm-up and
+# clipping, batch 128, 1.3 M iterations; only the EMA decay differs between them.
+SCORE_SDE_OPTIMIZER = {
+    "name": "adam",
+    "learning_rate": 2e-4,
+    "warmup_steps": 5000,
+    "decay": "constant",
+    "b1": 0.9,
+    "b2": 0.999,
+    "eps": 1e-8,
+    "grad_clip": 1.0,
+}
+
+
+def score_sde_training(ema_decay: float) -> dict:
+    return {
+        "batch_size": 128,
+        "num_steps": 1_300_000,
+        "steps_per_call": 100,
+        "log_every": 1000,
+        "checkpoint_every": 50_000,
+        "sample_every": 50_000,
+        "ema_decays": (ema_decay,),
+    }

@@ -44,25 +44,8 @@ def get_config():
             "scale_input": False,  # DDPM++ sees x_t itself
         },
         loss={"weighting": "ml", "time_sampler": "log_snr", "importance_weighted": True},
-        optimizer={
-            "name": "adam",
-            "learning_rate": 2e-4,
-            "warmup_steps": 5000,
-            "decay": "constant",
-            "b1": 0.9,
-            "b2": 0.999,
-            "eps": 1e-8,
-            "grad_clip": 1.0,
-        },
-        training={
-            "batch_size": 128,
-            "num_steps": 1_300_000,
-            "steps_per_call": 100,
-            "log_every": 1000,
-            "checkpoint_every": 50_000,
-            "sample_every": 50_000,
-            "ema_decays": (0.9999,),
-        },
+        optimizer=_common["SCORE_SDE_OPTIMIZER"],
+        training=_common["score_sde_training"](0.9999),
         sampler={"name": "ode", "rtol": 1e-5, "atol": 1e-5},
         # Bits/dim of the first 1024 test images by the probability-flow ODE (ScoreFlow reports
         # the whole test set with 5 Hutchinson repeats: set 10000).

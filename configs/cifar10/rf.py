@@ -33,25 +33,8 @@ def get_config():
             "scale_input": False,  # the flow network sees x_s itself
         },
         loss={"weighting": "velocity", "time_sampler": "uniform", "importance_weighted": False},
-        optimizer={
-            "name": "adam",
-            "learning_rate": 2e-4,
-            "warmup_steps": 5000,
-            "decay": "constant",
-            "b1": 0.9,
-            "b2": 0.999,
-            "eps": 1e-8,
-            "grad_clip": 1.0,
-        },
-        training={
-            "batch_size": 128,
-            "num_steps": 1_300_000,
-            "steps_per_call": 100,
-            "log_every": 1000,
-            "checkpoint_every": 50_000,
-            "sample_every": 50_000,
-            "ema_decays": (0.999999,),
-        },
+        optimizer=_common["SCORE_SDE_OPTIMIZER"],
+        training=_common["score_sde_training"](0.999999),
         sampler={"name": "ode", "rtol": 1e-5, "atol": 1e-5},
         eval={"num_samples": 1024, "nll_examples": 0, "nll_divergence": "hutchinson"},
     )
