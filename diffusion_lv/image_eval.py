@@ -6,8 +6,8 @@ plots and sliced Wasserstein distances for the 2-D sets:
 * ``write_grid``: the first ``GRID_SIZE`` samples as one PNG (``image_grid.py``);
 * ``write_denoising_strip``: one test image noised to a few levels and denoised by the model;
 * ``sample_quality``: for ``digits`` the Frechet distance in digits-classifier features against
-  the test split and its floor (train images of the same number); other data sets have no
-  offline feature network here, so only sample statistics are reported.
+  the test split and its floor (train images of the same number); with ``eval.inception_weights``
+  (pytorch-fid's Inception file) also FID, for any image data set (``fid.py``).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def write_denoising_strip(experiment, params, path: str, key=None) -> str:
     return image_grid.save_denoising_strip(denoiser, image, path, sigmas, key)
 
 
-def sample_quality(samples, experiment) -> dict:
-    """Metrics of image samples: digits Frechet distance and floor where available."""
+def sample_quality(samples, experiment, workdir: str | None = None) -> dict:
+    """Metrics of image samples: digits Frechet distance and floor where available, and FID
+    when ``eval.inception_weights`` is set (reference statistics cached in ``workdir``)."""
     samples = np.asarray(samples, np.float64)
     finite = bool(np.all(np.isfinite(samples)))
     result = {
@@ -76,16 +77,42 @@ def sample_quality(samples, experiment) -> dict:
             "frechet_ratio": distance / floor,
             "within_3x_floor": bool(distance <= 3.0 * floor),
         })
+    if experiment.eval.inception_weights and finite:
+        result.update(inception_fid(samples, experiment, workdir))
     return result
+
+
+def inception_fid(samples, experiment, workdir: str | None = None) -> dict:
+    """FID of ``samples`` against ``eval.fid_reference`` or the data set's own statistics."""
+    from diffusion_lv import fid, inception
+
+    weights = experiment.eval.inception_weights
+    extractor = inception.FeatureExtractor.from_file(weights)
+    if experiment.eval.fid_reference:
+        mu, sigma = fid.load_stats(experiment.eval.fid_reference)
+        reference = experiment.eval.fid_reference
+    else:
+        cache = None if workdir is None else os.path.join(workdir, fid.REFERENCE_CACHE)
+        mu, sigma, num, split = fid.reference_stats(
+            experiment.image_data, experiment.eval.num_samples, extractor, cache, weights
+        )
+        reference = f"{experiment.dataset}/{split}: {num} images"
+    return {
+        "fid": fid.fid_from_features(extractor(samples), mu, sigma),
+        "fid_num_samples": int(samples.shape[0]),
+        "fid_reference": reference,
+    }
 
 
 def summary_line(metrics: dict) -> str:
     """The console verdict main.py prints after training or eval."""
+    fid = (f"; FID {metrics['fid']:.2f} ({metrics['fid_num_samples']} samples vs "
+           f"{metrics['fid_reference']})" if "fid" in metrics else "")
     if "frechet_digits" in metrics:
         verdict = "within" if metrics["within_3x_floor"] else "NOT within"
         return (
             f"digits Frechet distance {metrics['frechet_digits']:.3f} vs floor "
             f"{metrics['frechet_digits_floor']:.3f} (ratio {metrics['frechet_ratio']:.2f}, "
-            f"{verdict} 3x)"
+            f"{verdict} 3x){fid}"
         )
-    return f"{metrics['num_samples']} samples (finite: {metrics['samples_finite']})"
+    return f"{metrics['num_samples']} samples (finite: {metrics['samples_finite']}){fid}"

@@ -124,7 +124,7 @@ def write_metrics(experiment, state, workdir: str, extra: dict | None = None) ->
     samples, nfe = write_samples(experiment, state, workdir)
     key = jax.random.PRNGKey(experiment.eval.seed + 1)
     if experiment.image_data is not None:
-        quality = image_eval.sample_quality(samples, experiment)
+        quality = image_eval.sample_quality(samples, experiment, workdir)
     else:
         quality = evaluate.sample_quality(
             samples, evaluate.reference_sampler(experiment.dataset), key,
