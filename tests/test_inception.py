@@ -72,12 +72,22 @@ class Tensor:
         return Global("torch._utils", "_rebuild_tensor_v2"), args
 
 
+class StorageView:
+    """An old torch's storage view: ``numel`` elements of ``root`` from ``offset`` (legacy only)."""
+
+    def __init__(self, key, root, offset, numel):
+        self.key, self.root, self.offset, self.numel = key, root, offset, numel
+
+
 class TorchPickler(pickle._Pickler):
     def __init__(self, file, legacy):
         super().__init__(file, protocol=2)
         self.legacy, self.storages = legacy, {}
 
     def persistent_id(self, obj):
+        if isinstance(obj, StorageView):
+            root = self.persistent_id(obj.root)
+            return (*root[:5], (obj.key, obj.offset, obj.numel))
         if not isinstance(obj, Storage):
             return None
         self.storages[obj.key] = obj
@@ -190,6 +200,15 @@ def test_reader_recovers_every_array_exactly(tmp_path, legacy):
     np.testing.assert_array_equal(
         torch_checkpoint.load_state_dict(wrapped)["transposed"], expected["transposed"]
     )
+
+
+def test_reader_resolves_legacy_storage_views(tmp_path):
+    root = Storage("root", np.arange(10, dtype=np.float64))
+    view = StorageView("view", root, 4, 5)  # elements 4..8
+    state = {"whole": Tensor(root, 0, (10,), (1,)), "part": Tensor(view, 1, (2, 2), (1, 2))}
+    loaded = torch_checkpoint.load_state_dict(torch_save(state, str(tmp_path / "v.pth"), True))
+    np.testing.assert_array_equal(loaded["whole"], np.arange(10.0))
+    np.testing.assert_array_equal(loaded["part"], [[5.0, 7.0], [6.0, 8.0]])
 
 
 def test_reader_reads_npz_with_the_same_keys(tmp_path):
