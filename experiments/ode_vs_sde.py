@@ -419,9 +419,11 @@ def _figure(path, config, results) -> None:
                 ax.set_yscale("symlog", linthresh=0.01)
             for r in rows:
                 values = np.where(np.isfinite(r[key]), r[key], np.nan)
+                # Bars span the seeds' min to max: an sd bar of a heavy-tailed error can reach
+                # below 0 on a log axis.
                 mean = np.nanmean(values, axis=1)
-                sd = np.nanstd(values, axis=1, ddof=1) if values.shape[1] > 1 else 0 * mean
-                ax.errorbar(r["nfe"], mean, yerr=sd, color=f"C{labels.index(r['sampler'])}",
+                spread = [mean - np.nanmin(values, axis=1), np.nanmax(values, axis=1) - mean]
+                ax.errorbar(r["nfe"], mean, yerr=spread, color=f"C{labels.index(r['sampler'])}",
                             capsize=2, ls="--" if r["name"] == "heun" else "-", marker="o",
                             ms=3, label=r["sampler"])
             ax.set_xscale("log")
@@ -430,7 +432,7 @@ def _figure(path, config, results) -> None:
             if row_index == 1:
                 ax.set_xlabel("NFE")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"ODE vs SDE on ring8: mean ± sd over {len(results['seeds'])} seeds "
+    fig.suptitle(f"ODE vs SDE on ring8: mean and min-max over {len(results['seeds'])} seeds "
                  f"({config.num_samples} samples each)", fontsize=11)
     common.save_figure(fig, path, "ode_vs_sde.png")
 
