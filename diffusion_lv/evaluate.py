@@ -69,28 +69,24 @@ def make_sampler(
     return sample
 
 
+@functools.cache
 def reference_sampler(dataset: str) -> Callable[[Array, int], Array]:
-    """Exact samples of the true data: the Gaussian mixture where known, else the generator."""
+    """Exact samples of the true data: the Gaussian mixture where known, else the generator.
+
+    Cached: one callable per data set, so ``sample_quality`` (static on it) compiles once.
+    """
     mixture = toy.exact_density(dataset)
     if mixture is not None:
         return lambda key, n: mixture.sample(key, n).astype(jnp.float32)
     return toy.get_dataset(dataset)
 
 
-def sample_quality(
-    samples: Array,
-    reference: Callable[[Array, int], Array],
-    key: Array,
-    num_projections: int = 256,
-    repeats: int = 4,
-) -> dict:
-    """SWD of ``samples`` to the true data, its Monte Carlo floor and their ratio."""
-    samples = jnp.asarray(samples, jnp.float32)
+@functools.partial(jax.jit, static_argnames=("reference", "num_projections", "repeats"))
+def _quality_draws(samples, reference, key, num_projections, repeats):
+    """Per repeat: SWD to a fresh reference draw, its floor, MMD^2 and its floor."""
     n = samples.shape[0]
-
     m = min(n, MMD_MAX_SAMPLES)
 
-    @jax.jit
     def one_repeat(key):
         k_ref, k_a, k_b, k_proj, k_proj_floor = jax.random.split(key, 5)
         ref, ref_a, ref_b = reference(k_ref, n), reference(k_a, n), reference(k_b, n)
@@ -100,7 +96,26 @@ def sample_quality(
         mmd2_floor = metrics.mmd_rbf(ref_a[:m], ref_b[:m])
         return swd, floor, mmd2, mmd2_floor
 
-    swd, floor, mmd2, mmd2_floor = jax.lax.map(one_repeat, jax.random.split(key, repeats))
+    return jax.lax.map(one_repeat, jax.random.split(key, repeats))
+
+
+def sample_quality(
+    samples: Array,
+    reference: Callable[[Array, int], Array],
+    key: Array,
+    num_projections: int = 256,
+    repeats: int = 4,
+) -> dict:
+    """SWD of ``samples`` to the true data, its Monte Carlo floor and their ratio.
+
+    ``reference`` is a static (hashed) argument of one compiled program: pass the same callable
+    (``reference_sampler(dataset)`` is cached) and calls with the same shapes compile once.
+    """
+    samples = jnp.asarray(samples, jnp.float32)
+    n = samples.shape[0]
+    swd, floor, mmd2, mmd2_floor = _quality_draws(
+        samples, reference, key, int(num_projections), int(repeats)
+    )
     swd, floor = float(jnp.mean(swd)), float(jnp.mean(floor))
     finite = bool(np.all(np.isfinite(np.asarray(samples))))
     return {
@@ -111,7 +126,7 @@ def sample_quality(
         # Unbiased MMD^2 has mean 0 between true samples; its floor is its spread there.
         "mmd2": float(jnp.mean(mmd2)),
         "mmd2_floor_sd": float(jnp.std(mmd2_floor, ddof=1)) if repeats > 1 else None,
-        "mmd_num_samples": int(m),
+        "mmd_num_samples": int(min(n, MMD_MAX_SAMPLES)),
         "num_samples": int(n),
         "num_projections": int(num_projections),
         "repeats": int(repeats),
@@ -140,11 +155,8 @@ def evaluate_nll(
     n = examples.shape[0]
     batch_size = min(batch_size, n)
 
-    def model_apply(p, x_, t_):
-        return parameterization.model_fn(bind(apply_fn, p))(x_, t_)
-
-    fn = make_likelihood_fn(model_apply, parameterization.prediction, parameterization.schedule,
-                            config)
+    fn = make_likelihood_fn(parameterization.model_apply(apply_fn), parameterization.prediction,
+                            parameterization.schedule, config)
     num_batches = -(-n // batch_size)
 
     def batches():

@@ -78,8 +78,12 @@ def test_sample_quality_reports_mmd_with_its_floor():
 
     true = reference(jax.random.PRNGKey(3), 1024)
     shifted = true + 0.5
+    compiled_before = evaluate._quality_draws._cache_size()
     good = evaluate.sample_quality(true, reference, jax.random.PRNGKey(4), 32, repeats=16)
     bad = evaluate.sample_quality(shifted, reference, jax.random.PRNGKey(4), 32, repeats=16)
+    # Same reference and shapes: the second call reuses the first one's program.
+    assert evaluate._quality_draws._cache_size() == compiled_before + 1
+    assert evaluate.reference_sampler("ring8") is evaluate.reference_sampler("ring8")
     # True samples: MMD^2 is a draw of the floor's distribution (mean 0); a shift is far above.
     # 16 repeats: the floor's sd is estimated with 15 degrees of freedom (within ~35%).
     assert abs(good["mmd2"]) <= 4 * good["mmd2_floor_sd"]

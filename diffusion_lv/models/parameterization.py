@@ -66,6 +66,15 @@ class Parameterization:
 
         return model
 
+    def model_apply(self, apply_fn: Callable) -> Callable[[object, Array, Array], Array]:
+        """``(params, x, t) -> native prediction`` from a Flax ``apply``: the model with its
+        parameters as an argument (what ``likelihood.make_likelihood_fn`` takes)."""
+
+        def apply(params, x, t):
+            return self.model_fn(bind(apply_fn, params))(x, t)
+
+        return apply
+
     def denoiser(self, network: Network) -> Callable[[Array, Array], Array]:
         """``D(x, t) = E[x0 | x_t]`` in the schedule's coordinates."""
         return convert.as_denoiser(
