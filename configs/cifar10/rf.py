@@ -18,14 +18,7 @@ _common = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))
 def get_config():
     return _common["image_config"](
         data={"name": "cifar10", "random_flip": True, "dequantize": False, "num_threads": 8},
-        model={
-            "channels": 128,
-            "channel_mult": (1, 2, 2, 2),
-            "num_blocks": 4,
-            "attn_resolutions": (16,),
-            "dropout": 0.15,
-            "embedding": "positional",
-        },
+        model=_common["score_sde_ddpmpp"](dropout=0.15),
         diffusion={
             "schedule": "rf",
             "prediction": "velocity",

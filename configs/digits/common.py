@@ -1,7 +1,8 @@
 """Shared by the digits configs: scikit-learn's 8x8 digits, a small U-Net, the paper's rows.
 
-A digits config is ``digits_config(row)``: configs/default.py with the data, model and training
-sections replaced for images and the row's keys (schedule, network output, weighting, time
+A digits config is ``digits_config(row)``: configs/default.py with the data and model sections
+replaced for images (``image_config`` of configs/cifar10/common.py), the optimiser, training and
+eval keys set for a 2-core CPU, and the row's keys (schedule, network output, weighting, time
 sampler, sampler) overridden. The data ship with scikit-learn (no download); on a 2-core CPU a
 row trains in minutes to recognisable digits. Quality is measured by the Frechet distance in the
 features of a small digits classifier against the train-vs-test floor (data/digits_features.py).
@@ -10,9 +11,8 @@ features of a small digits classifier against the train-vs-test floor (data/digi
 import pathlib
 import runpy
 
-from ml_collections import config_dict
-
-_default = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "default.py"))
+# The image recipes' constructor: configs/default.py with whole sections replaced.
+_image = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "cifar10" / "common.py"))
 
 # Digits scaled to [-1, 1] have mean -0.39 and standard deviation 0.75 (the 1500 train images).
 SIGMA_DATA = 0.75
@@ -61,40 +61,39 @@ ROWS = {
 
 
 def digits_config(row: str):
-    config = _default["get_config"]()
-    config.data = config_dict.ConfigDict(
-        {"name": "digits", "random_flip": False, "dequantize": False, "num_threads": 2}
+    config = _image["image_config"](
+        data={"name": "digits", "random_flip": False, "dequantize": False, "num_threads": 2},
+        model={
+            "channels": 32,
+            "channel_mult": (1, 2),  # 8x8 and 4x4
+            "num_blocks": 2,
+            "attn_resolutions": (4,),
+            "dropout": 0.0,
+            "embedding": "positional",
+        },
+        diffusion={"sigma_data": SIGMA_DATA},
+        optimizer={"learning_rate": 2e-3, "warmup_steps": 100, "decay": "cosine"},
+        training={
+            "batch_size": 128,
+            "num_steps": 2000,
+            # XLA:CPU runs convolution gradients inside a loop ~100x slower than unrolled
+            # (measured): one unrolled update per call (compiles fastest; the per-call host sync
+            # is negligible).
+            "steps_per_call": 1,
+            "unroll_steps": True,
+            "log_every": 100,
+            "checkpoint_every": 500,
+            "sample_every": 1000,
+            "ema_decays": (0.999,),
+        },
+        eval={
+            # 1500 samples: as many as the train images, the Frechet floor's sample size.
+            "num_samples": 1500,
+            # The probability-flow NLL of 8x8 images takes minutes on a CPU: off unless asked
+            # for (e.g. --config.eval.nll_examples=297, the whole test split, in bits/dim).
+            "nll_examples": 0,
+            "nll_divergence": "hutchinson",  # 64 dimensions: one probe, not 64 JVPs
+        },
     )
-    config.model = config_dict.ConfigDict({
-        "name": "unet",
-        "channels": 32,
-        "channel_mult": (1, 2),  # 8x8 and 4x4
-        "num_blocks": 2,
-        "attn_resolutions": (4,),
-        "dropout": 0.0,
-        "embedding": "positional",
-    })
-    config.diffusion.sigma_data = SIGMA_DATA
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.warmup_steps = 100
-    config.optimizer.decay = "cosine"
-    config.training.batch_size = 128
-    config.training.num_steps = 2000
-    # XLA:CPU runs convolution gradients inside a loop ~100x slower than unrolled (measured):
-    # one unrolled update per call (compiles fastest; the per-call host sync is negligible).
-    config.training.steps_per_call = 1
-    config.training.unroll_steps = True
-    config.training.log_every = 100
-    config.training.checkpoint_every = 500
-    config.training.sample_every = 1000
-    config.training.ema_decays = (0.999,)
-    # 1500 samples: as many as the train images, the Frechet floor's sample size.
-    config.eval.num_samples = 1500
-    # The probability-flow NLL of 8x8 images takes minutes on a CPU: off unless asked for
-    # (e.g. --config.eval.nll_examples=297, the whole test split, in bits/dim).
-    config.eval.nll_examples = 0
-    config.eval.nll_divergence = "hutchinson"  # 64 dimensions: one probe, not 64 JVPs
-    for dotted, value in ROWS[row].items():
-        section, key = dotted.split(".")
-        config[section][key] = value
+    config.update_from_flattened_dict(ROWS[row])
     return config

@@ -69,7 +69,5 @@ ROWS = {
 def toy_config(dataset: str, row: str):
     config = _default["get_config"]()
     config.data.name = dataset
-    for dotted, value in ROWS[row].items():
-        section, key = dotted.split(".")
-        config[section][key] = value
+    config.update_from_flattened_dict(ROWS[row])
     return config
