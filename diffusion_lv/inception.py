@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from diffusion_lv import torch_checkpoint
 
@@ -248,21 +249,13 @@ def _from_torch_layout(array: np.ndarray) -> np.ndarray:
     return array.T if array.ndim == 2 else array
 
 
-def _leaves(tree, prefix=()):
-    for key, value in tree.items():
-        if isinstance(value, dict) or hasattr(value, "items"):
-            yield from _leaves(value, (*prefix, key))
-        else:
-            yield (*prefix, key), value
-
-
 @functools.cache
 def _variable_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
     """``(collection, *module path, leaf) -> shape`` of the network's variables (no compile)."""
     shapes = jax.eval_shape(
         FIDInceptionV3().init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3), jnp.float32)
     )
-    return {path: tuple(leaf.shape) for path, leaf in _leaves(shapes)}
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes).items()}
 
 
 @functools.cache
@@ -293,7 +286,7 @@ def variables_from_state_dict(state_dict: dict) -> dict:
             f"{extra[:10]}{' ...' if len(extra) > 10 else ''} (expected the "
             f"{len(expected)} keys of pytorch-fid's {WEIGHTS_FILE})"
         )
-    variables: dict = {}
+    flat = {}
     for path, shape in _variable_shapes().items():
         key = _torch_key(path[0], path[1:], shape)
         value = np.asarray(state_dict[key])
@@ -301,18 +294,15 @@ def variables_from_state_dict(state_dict: dict) -> dict:
             raise ValueError(
                 f"state dict key {key!r} has shape {value.shape}, the network needs {expected[key]}"
             )
-        node = variables
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = _from_torch_layout(value.astype(np.float32))
-    return variables
+        flat[path] = _from_torch_layout(value.astype(np.float32))
+    return traverse_util.unflatten_dict(flat)
 
 
 def state_dict_from_variables(variables) -> dict[str, np.ndarray]:
     """The inverse map: a pytorch-fid-layout state dict (e.g. to save as ``.npz``)."""
     return {
         _torch_key(path[0], path[1:], np.shape(value)): _to_torch_layout(np.asarray(value))
-        for path, value in _leaves(variables)
+        for path, value in traverse_util.flatten_dict(variables).items()
     }
 
 
@@ -324,7 +314,7 @@ def load_variables(path: str) -> dict:
 
 def num_parameters(variables) -> int:
     """Trainable parameters (``params``; batch-norm statistics excluded)."""
-    return sum(int(np.prod(np.shape(v))) for _, v in _leaves(variables["params"]))
+    return sum(int(np.size(v)) for v in jax.tree.leaves(variables["params"]))
 
 
 # -- features ---------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def _materialize(obj):
 
 def _read_zip(path: str):
     with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        pickles = _data_pickles(archive)
         if len(pickles) != 1:
             raise TorchCheckpointError(f"{path}: expected one data.pkl in the archive, found "
                                        f"{pickles}")
@@ -297,6 +297,11 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     return dict(obj)
 
 
+def _data_pickles(archive: zipfile.ZipFile) -> list[str]:
+    """The archive's ``[<prefix>/]data.pkl`` entries: what makes a zip a torch file."""
+    return [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+
+
 def _is_torch_zip(path: str) -> bool:
     with zipfile.ZipFile(path) as archive:
-        return any(n == "data.pkl" or n.endswith("/data.pkl") for n in archive.namelist())
+        return bool(_data_pickles(archive))
