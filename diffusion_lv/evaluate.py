@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -150,7 +151,9 @@ def evaluate_nll(
     and the padding is dropped from the figures. Returns ``likelihood.evaluate_likelihood``'s
     means and standard errors (nats and bits/dim, dequantised when ``config.num_levels`` is
     set), the mean NFE per solve and the number of examples; NaN figures when no solve finished.
+    ``config.sigma_data`` is replaced by the model's own (EDM outputs are read with it).
     """
+    config = dataclasses.replace(config, sigma_data=parameterization.sigma_data)
     examples = np.asarray(examples, np.float32)
     n = examples.shape[0]
     batch_size = min(batch_size, n)
