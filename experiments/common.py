@@ -24,6 +24,7 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -82,6 +83,50 @@ def check_choice(value, choices: Sequence, what: str) -> None:
     """Raise a clear ValueError when a config value is not one of its valid choices."""
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; valid choices: {list(choices)}")
+
+
+# -- training through the library ------------------------------------------------------------
+
+
+def final_only(library_config) -> None:
+    """Set a library config (``configs/default.py`` keys) to do nothing periodic: one log line
+    and one checkpoint at the end (the loop always saves one), no sample plots, no NLL."""
+    library_config.training.log_every = library_config.training.num_steps
+    library_config.training.checkpoint_every = 0
+    library_config.training.keep_checkpoints = 1
+    library_config.training.sample_every = 0
+    library_config.eval.nll_examples = 0
+
+
+@contextlib.contextmanager
+def quiet_training_logs():
+    """absl logging at WARNING inside (orbax logs every checkpoint save at INFO), restored
+    after: the experiment's report is what it prints."""
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
+def train_experiment(experiment, workdir: pathlib.Path):
+    """Train a parsed library config (``config_validation.parse``) in ``workdir`` (resuming a
+    checkpoint there); returns its evaluation (EMA) params and the seconds it took, compilation
+    included."""
+    from diffusion_lv import training
+
+    start = time.perf_counter()
+    result = training.train(
+        str(workdir), experiment.network, experiment.parameterization, experiment.loss,
+        experiment.optimizer, experiment.training, experiment.dataset_fn, experiment.data_shape,
+        console=False,
+        make_batches=experiment.image_data and experiment.image_data.step_batches,
+    )
+    params = jax.block_until_ready(experiment.eval_params(result.state))
+    return params, time.perf_counter() - start
 
 
 # -- seeds --------------------------------------------------------------------------------

@@ -46,9 +46,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging as absl_logging
 
-from diffusion_lv import config_validation, metrics, samplers, training
+from diffusion_lv import config_validation, metrics, samplers
 from diffusion_lv.data import toy
 from diffusion_lv.models.parameterization import bind
 from experiments import common
@@ -130,11 +129,7 @@ def toy_config(config, seed: int, steps: int):
     toy_cfg.seed = seed
     toy_cfg.training.num_steps = steps
     toy_cfg.training.steps_per_call = min(toy_cfg.training.steps_per_call, steps)
-    toy_cfg.training.log_every = steps
-    toy_cfg.training.checkpoint_every = steps
-    toy_cfg.training.keep_checkpoints = 1
-    toy_cfg.training.sample_every = 0
-    toy_cfg.eval.nll_examples = 0
+    common.final_only(toy_cfg)
     if config.train_width is not None:
         toy_cfg.model.width = config.train_width
     return toy_cfg
@@ -157,14 +152,9 @@ def train_models(config, path: pathlib.Path, seeds, steps: int):
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(record)
-        start = time.perf_counter()
-        result = training.train(
-            str(workdir), experiment.network, experiment.parameterization, experiment.loss,
-            experiment.optimizer, experiment.training, experiment.dataset_fn,
-            experiment.data_shape, console=False,
-        )
-        params.append(experiment.eval_params(result.state))
-        seconds.append(time.perf_counter() - start)
+        model_params, model_seconds = common.train_experiment(experiment, workdir)
+        params.append(model_params)
+        seconds.append(model_seconds)
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
     return experiment, stacked, seconds
 
@@ -172,14 +162,14 @@ def train_models(config, path: pathlib.Path, seeds, steps: int):
 # -- sampling and distances -------------------------------------------------------------------
 
 
-def make_sampler(experiment, mixture, score: str, sampler: samplers.SamplerConfig, n: int):
+def make_sampler(experiment, mixture, exact: bool, sampler: samplers.SamplerConfig, n: int):
     """``run(params, keys) -> (seeds, n, 2)`` samples, one compiled program over the seeds
     (``params`` stacked per seed; unused by the exact score)."""
     par = experiment.parameterization
     shape = (n, *experiment.data_shape)
 
     def one(params, key):
-        if score != EXACT:
+        if not exact:
             model, prediction = par.model_fn(bind(experiment.network.apply, params)), par.prediction
         else:
             model, prediction = mixture.model_fn(par.schedule, "x0"), "x0"
@@ -228,15 +218,11 @@ def run(config, workdir: str) -> dict:
     n = config.num_samples
 
     models, train_seconds = {}, {}
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint at INFO
-    try:
+    with common.quiet_training_logs():
         for steps in config.train_steps:
             experiment, params, seconds = train_models(config, path, seeds, steps)
             models[trained_label(steps)] = params
             train_seconds[steps] = seconds
-    finally:
-        absl_logging.set_verbosity(verbosity)
     models[EXACT] = params  # unused by the exact score
     reference = lambda k, m: mixture.sample(k, m)
     floor = common.floor_draws(reference, n, common.stream_key(config.seed, 0),
@@ -249,12 +235,18 @@ def run(config, workdir: str) -> dict:
     errors = make_errors(mixture, config.num_projections)
 
     rows = []
+    # Every training length has the same network and schedule (only the params differ), so
+    # the trained models share one compiled sampler per (sampler, NFE).
+    compiled = {}
     for score, params in models.items():
         for variant in variant_list:
             swd, cross_entropy, tail, nfe_used = [], [], [], []
             for nfe in config.nfes:
                 sampler = variant.sampler_config(nfe, config.grid)
-                x = make_sampler(experiment, mixture, score, sampler, n)(params, sample_keys)
+                key = (score == EXACT, sampler)
+                if key not in compiled:
+                    compiled[key] = make_sampler(experiment, mixture, *key, n)
+                x = compiled[key](params, sample_keys)
                 d, neg_log_p = errors(x, references, projection_keys)
                 neg_log_p = np.asarray(neg_log_p, np.float64) - h_mean
                 swd.append(np.asarray(d))
@@ -299,6 +291,14 @@ def _row(results, score: str, variant_name: str, c: float) -> dict:
                 and r["c"] == c and r["s_churn"] == 0.0)
 
 
+def _paired_t(differences) -> tuple[float, float, float]:
+    """Mean, sd and t statistic (mean / (sd / sqrt(k))) of k paired differences; t is NaN
+    for one seed or no spread."""
+    mean, sd = common.mean_sd(differences)
+    k = np.size(differences)
+    return mean, sd, mean / (sd / np.sqrt(k)) if k > 1 and sd > 0 else float("nan")
+
+
 def verdicts(config, results) -> list[str]:
     """Sentences computed from the numbers: SDE vs ODE per score, at the largest and smallest
     NFE; differences are paired (same model, x_T and reference per seed)."""
@@ -322,10 +322,8 @@ def verdicts(config, results) -> list[str]:
             )
         for c in [float(c) for c in config.rates if c != 1]:
             sde = _row(results, score, "euler", c)
-            diff_mean, diff_sd = common.mean_sd(ode["swd"][-1] - sde["swd"][-1])
-            t = diff_mean / (diff_sd / np.sqrt(k)) if k > 1 and diff_sd > 0 else float("nan")
-            ce_mean, ce_sd = common.mean_sd(ode["cross_entropy"][-1] - sde["cross_entropy"][-1])
-            t_ce = ce_mean / (ce_sd / np.sqrt(k)) if k > 1 and ce_sd > 0 else float("nan")
+            diff_mean, diff_sd, t = _paired_t(ode["swd"][-1] - sde["swd"][-1])
+            ce_mean, ce_sd, t_ce = _paired_t(ode["cross_entropy"][-1] - sde["cross_entropy"][-1])
             wins = [nfe for nfe, o, d in zip(config.nfes, ode["swd"], sde["swd"], strict=True)
                     if d.mean() < o.mean()]
             out.append(

@@ -52,9 +52,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging as absl_logging
 
-from diffusion_lv import config_validation, convert, evaluate, image_eval, samplers, training
+from diffusion_lv import config_validation, convert, evaluate, image_eval, samplers
 from diffusion_lv.data import digits, toy
 from diffusion_lv.likelihood import LikelihoodConfig, evaluate_likelihood, make_likelihood_fn
 from diffusion_lv.models.parameterization import bind
@@ -114,12 +113,7 @@ def library_config(config, dataset: str, model: str, weighting: str, seed: int):
         lib.loss.time_sampler = "uniform"
         lib.loss.importance_weighted = False
     lib.optimizer.grad_clip = config.grad_clip
-    # Nothing periodic: one checkpoint at the end (the loop always saves one), no sample plots.
-    lib.training.checkpoint_every = 0
-    lib.training.keep_checkpoints = 1
-    lib.training.sample_every = 0
-    lib.training.log_every = lib.training.num_steps
-    lib.eval.nll_examples = 0
+    common.final_only(lib)
     return lib
 
 
@@ -224,7 +218,10 @@ class _Timer:
         self.seconds: dict[str, float] = {}
 
     def add(self, name: str, start: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.add_seconds(name, time.perf_counter() - start)
+
+    def add_seconds(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 
 def dataset_plan(config, dataset: str) -> tuple[list[int], tuple[str, ...]]:
@@ -257,16 +254,8 @@ def _run_dataset(config, dataset: str, path: pathlib.Path, timer: _Timer) -> dic
                 experiment = config_validation.parse(lib)
                 run_dir = path / "runs" / dataset / f"{model}_{weighting}" / f"seed{seed}"
                 shutil.rmtree(run_dir, ignore_errors=True)  # never resume a stale run
-                start = time.perf_counter()
-                result = training.train(
-                    str(run_dir), experiment.network, experiment.parameterization,
-                    experiment.loss, experiment.optimizer, experiment.training,
-                    experiment.dataset_fn, experiment.data_shape, console=False,
-                    make_batches=experiment.image_data and experiment.image_data.step_batches,
-                )
-                params = jax.block_until_ready(experiment.eval_params(result.state))
-                train_seconds = time.perf_counter() - start
-                timer.add("train (incl. compile)", start)
+                params, train_seconds = common.train_experiment(experiment, run_dir)
+                timer.add_seconds("train (incl. compile)", train_seconds)
 
                 start = time.perf_counter()
                 if shared is None:
@@ -449,14 +438,13 @@ def _conversion(config, dataset: str, rf_runs, sample_key, quality_key, floor) -
 
 def run(config, workdir: str) -> dict:
     start_time = time.perf_counter()
-    # orbax logs every checkpoint save at INFO; the report is what this run prints.
-    absl_logging.set_verbosity(absl_logging.WARNING)
     check_config(config)
     path = common.prepare_workdir(workdir, config)
     timer = _Timer()
     results = {"datasets": {}}
-    for dataset in config.datasets:
-        results["datasets"][dataset] = _run_dataset(config, dataset, path, timer)
+    with common.quiet_training_logs():
+        for dataset in config.datasets:
+            results["datasets"][dataset] = _run_dataset(config, dataset, path, timer)
     wall = time.perf_counter() - start_time
     results["seconds"] = {**timer.seconds, "total": wall}
     common.write_report(path, "Experiment 6: one objective (VP score, VE eps, RF velocity)",
