@@ -75,11 +75,22 @@ def test_sde_contracts_the_trained_score_error(run):
     assert ode.mean() > 2 * exact.mean(), (ode, exact)
 
 
+def checkpoint_files(model_dir):
+    """Every checkpoint file with its modification time: a retrained model (its directory
+    removed, trained again) writes new ones; a restored one writes none (saving the step that
+    is already saved is a no-op)."""
+    return {p: p.stat().st_mtime_ns for p in (model_dir / "checkpoints").rglob("*")
+            if p.is_file()}
+
+
 def test_training_is_deterministic_and_reused(run, tmp_path):
     config, workdir, _ = run
     steps = config.train_steps[0]
-    _, reused, seconds = ode_vs_sde.train_models(config, workdir, [config.seed], steps)
-    assert seconds[0] < 5.0  # restored from the finished checkpoint, not retrained
+    model_dir = workdir / "models" / f"steps_{steps}" / f"seed_{config.seed}"
+    before = checkpoint_files(model_dir)
+    assert before
+    _, reused, _ = ode_vs_sde.train_models(config, workdir, [config.seed], steps)
+    assert checkpoint_files(model_dir) == before  # restored, not retrained
     _, fresh, _ = ode_vs_sde.train_models(config, tmp_path, [config.seed], steps)
     for a, b in zip(jax.tree.leaves(reused), jax.tree.leaves(fresh), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
