@@ -90,16 +90,23 @@ def params_label(experiment: config_validation.Experiment) -> str:
     return f"ema_{decay:g}"
 
 
-def draw_samples(experiment, state, num: int):
+def sampler_and_key(experiment, num: int):
+    """The compiled sampler for ``num`` samples (cached: shared by periodic and final sampling)
+    and the evaluation's sampling key."""
     sampler = evaluate.make_sampler(
         experiment.network.apply, experiment.parameterization, experiment.sampler,
         (num, *experiment.data_shape),
     )
     key = jax.random.fold_in(jax.random.PRNGKey(experiment.eval.seed), state_lib.SAMPLE_STREAM)
+    return sampler, key
+
+
+def draw_samples(experiment, state, num: int):
+    sampler, key = sampler_and_key(experiment, num)
     return sampler(experiment.eval_params(state), key)
 
 
-def write_samples(experiment, state, workdir: str) -> np.ndarray:
+def write_samples(experiment, state, workdir: str) -> tuple[np.ndarray, int]:
     samples, nfe = draw_samples(experiment, state, experiment.eval.num_samples)
     samples = np.asarray(samples)
     if not distributed.is_main_process():  # every process samples the same; one writes
@@ -202,15 +209,10 @@ def nll_summary(metrics: dict) -> str:
 def periodic_sampler(experiment, workdir: str):
     """``on_sample(state, tensorboard)``: a plot of EMA samples every ``sample_every`` steps."""
     folder = os.path.join(workdir, "samples")
-    num = min(PERIODIC_SAMPLES, experiment.eval.num_samples)
-    sampler = evaluate.make_sampler(
-        experiment.network.apply, experiment.parameterization, experiment.sampler,
-        (num, *experiment.data_shape),
-    )
-    key = jax.random.fold_in(jax.random.PRNGKey(experiment.eval.seed), state_lib.SAMPLE_STREAM)
+    sampler, key = sampler_and_key(experiment, min(PERIODIC_SAMPLES, experiment.eval.num_samples))
 
     def on_sample(state, tensorboard):
-        if jax.process_index() != 0:
+        if not distributed.is_main_process():
             return
         os.makedirs(folder, exist_ok=True)
         step = int(state.step)
