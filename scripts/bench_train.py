@@ -17,6 +17,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from train_timing import one_update_flops, time_train_step
 
 from diffusion_lv import config_validation
 from diffusion_lv.models.mlp import param_count
@@ -63,28 +64,13 @@ def bench_variant(experiment, batch: int, steps_per_call: int, seconds: float) -
     )
     state = jax.device_put(state, step_lib.replicated(mesh))
     batches = step_lib.make_batch_fn(experiment.dataset_fn, jax.random.PRNGKey(1), batch, mesh)
-    block = batches(0, steps_per_call)
-
-    start = time.perf_counter()
-    compiled = fn.lower(state, block).compile()
-    compile_seconds = time.perf_counter() - start
-    state, metrics = compiled(state, block)  # warm-up
-    jax.block_until_ready(metrics)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        state, metrics = compiled(state, batches(steps, steps_per_call))
-        jax.device_get(metrics["loss"])  # the loop's one host sync per call
-        steps += steps_per_call
-    steps_per_sec = steps / (time.perf_counter() - start)
-
-    # XLA counts a loop body once, so take the cost of a one-update program.
-    one = fn.lower(state, batches(0, 1)).compile()
-    analysis = one.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+    state, compile_seconds, steps_per_sec = time_train_step(
+        fn, state, batches, steps_per_call, seconds
+    )
     return {
         "compile_s": compile_seconds,
         "steps_per_sec": steps_per_sec,
-        "xla_flops": float(analysis.get("flops", float("nan"))),
+        "xla_flops": one_update_flops(fn, state, batches(0, 1)),
         "counted_flops": counted_flops(state.params, batch),
         "params": param_count(state.params),
     }

@@ -21,6 +21,7 @@ import runpy
 import time
 
 import jax
+from train_timing import one_update_flops, time_train_step
 
 from diffusion_lv import config_validation
 from diffusion_lv.data import images
@@ -71,27 +72,16 @@ def bench(experiment, steps_per_call: int, unroll: bool, seconds: float) -> dict
     context, source = data_context(experiment)
     with context:
         batches = experiment.image_data.step_batches(mesh, batch, seed=0)
-        block = batches(0, steps_per_call)
-        start = time.perf_counter()
-        compiled = fn.lower(state, block).compile()
-        compile_seconds = time.perf_counter() - start
-        state, metrics = compiled(state, block)  # warm-up
-        jax.block_until_ready(metrics)
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or steps == 0:
-            state, metrics = compiled(state, batches(steps + steps_per_call, steps_per_call))
-            jax.device_get(metrics["loss"])  # the loop's one host sync per call
-            steps += steps_per_call
-        elapsed = time.perf_counter() - start
+        state, compile_seconds, steps_per_sec = time_train_step(
+            fn, state, batches, steps_per_call, seconds
+        )
+        flops = None
+        if jax.default_backend() != "cpu":
+            flops = one_update_flops(fn, state, batches(0, 1))
         batches.close()
-    flops = None
-    if jax.default_backend() != "cpu":
-        one = fn.lower(state, block[:1]).compile().cost_analysis()
-        one = one[0] if isinstance(one, list) else one
-        flops = float(one.get("flops", 0.0)) if one else None
     return {
-        "images_per_sec": steps * batch / elapsed,
-        "steps_per_sec": steps / elapsed,
+        "images_per_sec": steps_per_sec * batch,
+        "steps_per_sec": steps_per_sec,
         "compile": compile_seconds,
         "init": init_seconds,
         "flops_per_step": flops,
