@@ -40,6 +40,7 @@ from diffusion_lv.metrics import sliced_wasserstein
 from diffusion_lv.models.oracle import GaussianMixture, random_anisotropic, ring
 from diffusion_lv.samplers import SamplerConfig, initial_noise, sample
 from diffusion_lv.samplers.multistep import (
+    dpmpp_2m_weights,
     exponential_weights,
     multistep_inputs,
     multistep_update,
@@ -149,8 +150,12 @@ def python_loop_comparison(gm, batch, nfe, key):
     cfg = best_config(nfe)
     sigmas = cfg.sigmas(SCHEDULE)
     levels = sigmas[:-1]
-    order = 2 if cfg.name == "dpmpp_2m" else 3
-    weights = exponential_weights(np.log(levels[:-1]) - np.log(levels[1:]), order, 1.0)
+    log_steps = np.log(levels[:-1]) - np.log(levels[1:])
+    # The weights `sample` uses for this name: DPM-Solver++(2M) verbatim, else third order.
+    if cfg.name == "dpmpp_2m":
+        weights = dpmpp_2m_weights(log_steps, levels)
+    else:
+        weights = exponential_weights(log_steps, 3, 1.0)
     denoiser = gm.denoise_ve
     z_T = initial_noise(key, (batch, gm.dim), SIGMA_MAX)
     inputs = multistep_inputs(levels, weights, None, z_T.dtype)
