@@ -97,8 +97,7 @@ def library_config(config, dataset: str, model: str, weighting: str, seed: int):
     lib = _base_config(dataset)
     section = config[dataset]
     for name in LIBRARY_SECTIONS:
-        for key, value in section[name].items():
-            lib[name][key] = value
+        lib[name].update(section[name])
     lib.seed = seed
     lib.diffusion.schedule = schedule
     lib.diffusion.prediction = prediction
@@ -182,12 +181,6 @@ def converted_model(model_fn, kind: str, schedule, target_kind: str, target_sche
     return convert.as_model(denoiser, target_kind, target_schedule, sigma_data)
 
 
-def _apply_fn(experiment):
-    """``(params, x, t) -> native prediction`` of a parsed experiment's network."""
-    parameterization, network = experiment.parameterization, experiment.network
-    return lambda params, x, t: parameterization.model_fn(bind(network.apply, params))(x, t)
-
-
 def _likelihood_config(config, dataset: str, sigma_data: float) -> LikelihoodConfig:
     nll = config[dataset].nll
     return LikelihoodConfig(
@@ -261,7 +254,8 @@ def _run_dataset(config, dataset: str, path: pathlib.Path, timer: _Timer) -> dic
                 if shared is None:
                     shared = experiment
                     likelihood_fn = make_likelihood_fn(
-                        _apply_fn(shared), shared.parameterization.prediction, shared.schedule,
+                        shared.parameterization.model_apply(shared.network.apply),
+                        shared.parameterization.prediction, shared.schedule,
                         _likelihood_config(config, dataset, shared.parameterization.sigma_data),
                     )
                 nll = evaluate_likelihood(
