@@ -29,6 +29,16 @@ def floor_bound(floor) -> float:
     return mean + 3.0 * sd
 
 
+def small_sampling(config):
+    """The sizes the sampling experiments share at test size: 2 seeds of 512 samples, SWD with
+    64 projections against a floor of 10 draws."""
+    config.num_seeds = 2
+    config.num_samples = 512
+    config.num_projections = 64
+    config.floor_draws = 10
+    return config
+
+
 def check_files(workdir, figure: str) -> str:
     for name in ("table.md", "config.json", "results.json", figure):
         assert (workdir / name).is_file(), name
@@ -43,15 +53,11 @@ def check_files(workdir, figure: str) -> str:
 
 @pytest.fixture(scope="module")
 def identity_run(tmp_path_factory):
-    config = langevin_identity_config.get_config()
-    config.num_seeds = 2
-    config.num_samples = 512
+    config = small_sampling(langevin_identity_config.get_config())
     config.starts = ("data", "one_mode")
     config.step_sizes = (0.02,)
     config.langevin_time = 30.0
     config.num_checkpoints = 6
-    config.num_projections = 64
-    config.floor_draws = 10
     workdir = tmp_path_factory.mktemp("langevin_identity")
     return workdir, langevin_identity.run(config, str(workdir))
 
@@ -77,14 +83,10 @@ def test_langevin_identity_keeps_p_and_forgets_the_start(identity_run):
 
 @pytest.fixture(scope="module")
 def split_run(tmp_path_factory):
-    config = split_config.get_config()
-    config.num_seeds = 2
+    config = small_sampling(split_config.get_config())
     config.schedules = ("vp",)
     config.rates = (1.0, 2.0)
-    config.num_samples = 512
     config.num_steps = 100
-    config.num_projections = 64
-    config.floor_draws = 10
     config.algebra_levels = 3
     config.algebra_samples = 256
     workdir = tmp_path_factory.mktemp("split")
@@ -127,14 +129,10 @@ def test_experiment_rejects_bad_choices(tmp_path):
 
 @pytest.fixture(scope="module")
 def duality_run(tmp_path_factory):
-    config = duality_config.get_config()
-    config.num_seeds = 2
+    config = small_sampling(duality_config.get_config())
     config.schedules = ("vp",)
     config.levels = (1.5, 0.4, 0.05)
     config.num_steps = 200
-    config.num_samples = 512
-    config.num_projections = 64
-    config.floor_draws = 10
     workdir = tmp_path_factory.mktemp("duality")
     return workdir, duality.run(config, str(workdir))
 
