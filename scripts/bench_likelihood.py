@@ -155,9 +155,12 @@ def diffrax_solver(apply_fn, params, x, key, config):
     return solve
 
 
-def solver_errors(mixture, x, nll, nfe, latent):
-    """NLL error per point with the ODE closed by the exact ``log p_{t_max}(latent)``."""
-    del nfe
+def solver_errors(mixture, x, solution):
+    """NLL error per point with the ODE closed by the exact ``log p_{t_max}(latent)``.
+
+    ``solution`` is a solver's ``(nll, nfe, latent)``.
+    """
+    nll, _, latent = solution
     truth = -np.asarray(mixture.log_prob(x, SCHEDULE.t_min, SCHEDULE), np.float64)
     prior = np.asarray(SCHEDULE.prior_log_prob(latent), np.float64)
     exact_end = np.asarray(mixture.log_prob(latent, SCHEDULE.t_max, SCHEDULE), np.float64)
@@ -194,10 +197,10 @@ def bench_case(name, apply_fn, params, x, mixture, args, rows):
             solvers[label] = scipy_solver(apply_fn, params, x, probes, args.tol, fused)
         if mixture is not None and divergence == "exact":
             # The host solver at the tolerance that matches the default's worst-case error.
-            target = np.abs(solver_errors(mixture, x, *solvers[DEFAULT]())).max()
+            target = np.abs(solver_errors(mixture, x, solvers[DEFAULT]())).max()
             for tol in args.tol * 10.0 ** -np.arange(1, 5):
                 solve = scipy_solver(apply_fn, params, x, probes, tol, True)
-                if np.abs(solver_errors(mixture, x, *solve())).max() <= target:
+                if np.abs(solver_errors(mixture, x, solve())).max() <= target:
                     solvers[f"scipy RK45, fused call, tol {tol:.0e} (equal worst error)"] = solve
                     break
         # Round robin, so that a change in the machine's load hits every method alike.
@@ -212,10 +215,11 @@ def bench_case(name, apply_fn, params, x, mixture, args, rows):
         # least disturbed by other processes; the median is reported beside it).
         seconds = {label: min(ts) for label, ts in times.items()}
         medians = {label: statistics.median(ts) for label, ts in times.items()}
-        for label, (nll, nfe, latent) in outputs.items():
+        for label, solution in outputs.items():
+            nll, nfe, _ = solution
             error = "| "
             if mixture is not None:
-                solver_error = solver_errors(mixture, x, nll, nfe, latent)
+                solver_error = solver_errors(mixture, x, solution)
                 error = f"{solver_error.mean():+.1e} | {np.abs(solver_error).max():.1e}"
             speedup = "".join(
                 f" {seconds[base] / seconds[label]:.1f}x |"
