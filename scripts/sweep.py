@@ -10,7 +10,8 @@ key adds choices), or ``--sweep_fn=FILE.py:NAME`` where ``NAME()`` returns a lis
 dicts ``{"optimizer.learning_rate": 1e-3, ...}`` (both together: every function point times
 every product point). ``--set KEY=V`` fixes a key for all points. Point ``i`` runs in
 ``ROOT/p{i:03d}_<key=value,...>`` with ``python -m diffusion_lv.main``; ``ROOT/sweep.json`` lists
-the points and their commands.
+the points and their commands. Every swept or set key must exist in the base config (checked
+before anything runs when the config file is here).
 
 Launchers:
   local  ``--parallel=N`` runs at a time on this machine (default 1: one after another);
@@ -40,6 +41,7 @@ import json
 import math
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -291,7 +293,24 @@ def build(argv: list[str]) -> tuple[argparse.Namespace, list[dict]]:
         raise ValueError(f"--parallel={args.parallel} must be >= 1")
     function_points = load_sweep_fn(args.sweep_fn) if args.sweep_fn else None
     overrides = expand(parse_choices(rest), function_points)
+    if os.path.isfile(args.config):  # a TPU run's config may exist only on the VMs
+        check_keys(args.config, [key for key, _ in parse_set(args.set)]
+                   + [key for point in overrides for key in point])
     return args, plan(args, overrides)
+
+
+def check_keys(config_path: str, keys: list[str]) -> None:
+    """A key the base config lacks fails here, before any run starts, naming the valid keys."""
+    config = runpy.run_path(config_path)["get_config"]()
+    for key in dict.fromkeys(keys):
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not hasattr(node, "keys") or part not in node:
+                parent = ".".join(parts[:i]) or "the config"
+                valid = sorted(node.keys()) if hasattr(node, "keys") else "none (not a section)"
+                raise ValueError(f"--config.{key}: {parent} in {config_path} has no key "
+                                 f"{part!r}; valid keys: {valid}")
+            node = node[part]
 
 
 def main(argv: list[str]) -> int:

@@ -149,3 +149,17 @@ def test_local_launch_parallel_and_collect(tmp_path, capsys):
                           "--collect"]) == 0
     assert capsys.readouterr().out.splitlines() == table
     assert (root / "summary.md").read_text().splitlines() == table
+
+
+def test_unknown_config_key_is_named_before_anything_runs():
+    config = os.path.join(ROOT, CONFIG)
+    with pytest.raises(ValueError, match=r"optimizer in .* has no key 'learning_rat'; valid keys: "
+                                         r"\[.*'learning_rate'"):
+        sweep["build"]([f"--config={config}", "--root=r", "--config.optimizer.learning_rat=1e-3"])
+    with pytest.raises(ValueError, match="training.num_steps in .* has no key 'x'; valid keys: "
+                                         "none"):
+        sweep["build"]([f"--config={config}", "--root=r", "--set", "training.num_steps.x=1"])
+    assert sweep["main"]([f"--config={config}", "--root=r", "--config.trainig.seed=1",
+                          "--dry_run"]) == 2
+    _, points = sweep["build"]([f"--config={config}", "--root=r", "--config.seed=0,1"])
+    assert len(points) == 2
