@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_lv.losses import perturb
 from diffusion_lv.schedules import SCHEDULES, get_schedule
 from experiments import common
 
@@ -67,9 +68,8 @@ def dsm_sm_samples(mixture, schedule, t, key, names, seed, n):
     k_data, k_noise = jax.random.split(key)
     x0 = mixture.sample(k_data, n)
     eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
-    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    x = alpha * x0 + sigma * eps
-    target = -eps / sigma  # grad log p_t(x | x0)
+    x = perturb(x0, eps, t, schedule)
+    target = -eps / schedule.sigma(t)  # grad log p_t(x | x0)
     s_p = mixture.score(x, t, schedule)
     sq = lambda a: jnp.sum(jnp.square(a), axis=-1)
     dsm, sm = [], []
@@ -89,12 +89,12 @@ def kl_decay_samples(p, q, schedule, t, h, key, n):
     eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
 
     def log_ratio(s):
-        x = schedule.alpha(s) * x0 + schedule.sigma(s) * eps
+        x = perturb(x0, eps, s, schedule)
         return p.log_prob(x, s, schedule) - q.log_prob(x, s, schedule)
 
     fd_h = (log_ratio(t + h) - log_ratio(t - h)) / (2 * h)
     fd_2h = (log_ratio(t + 2 * h) - log_ratio(t - 2 * h)) / (4 * h)
-    x = schedule.alpha(t) * x0 + schedule.sigma(t) * eps
+    x = perturb(x0, eps, t, schedule)
     diff = p.score(x, t, schedule) - q.score(x, t, schedule)
     rhs = -0.5 * schedule.g2(t) * jnp.sum(jnp.square(diff), axis=-1)
     return fd_h, fd_2h, rhs, log_ratio(t)
