@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_lv import convert
 from diffusion_lv.models.oracle import GaussianMixture
 from diffusion_lv.samplers import euler, grids, ode
-from diffusion_lv.schedules import SCHEDULES, get_schedule
+from diffusion_lv.schedules import SCHEDULES, VEKarras, get_schedule
 from experiments import common
 
 CASES = ("point", "mixture")
@@ -59,10 +60,10 @@ def reference_path(mixture, z, sigmas, rtol, atol):
 
 
 def in_schedule(path_z: np.ndarray, sigmas: np.ndarray, schedule):
-    """The canonical path (levels, n, d) as ``x(t)`` in the schedule's coordinates, and ``t``."""
-    t = np.asarray(schedule.t_from_sigma_ve(jnp.asarray(sigmas)))
-    alpha = np.asarray(schedule.alpha(jnp.asarray(t)))
-    return path_z * alpha[:, None, None], t
+    """The canonical path (levels, n, d) as ``x(t)`` in the schedule's coordinates, and ``t``
+    (canonical coordinates are VE-Karras: ``t = sigma_ve``, ``alpha = 1``)."""
+    x, t = convert.convert_state(jnp.asarray(path_z), jnp.asarray(sigmas), VEKarras(), schedule)
+    return np.asarray(x), np.asarray(t)
 
 
 def curvature(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
