@@ -263,8 +263,7 @@ def _sampler(config, schedule: Schedule) -> samplers.SamplerConfig:
     return _wrap("sampler", lambda: samplers.SamplerConfig(**values))
 
 
-def _eval(config, ema_decays: tuple[float, ...], sigma_data: float,
-          image_data: images.ImageData | None) -> EvalConfig:
+def _eval(config, ema_decays: tuple[float, ...], image_data: images.ImageData | None) -> EvalConfig:
     params = _choice(config, "eval.params", EVAL_PARAMS)
     ema_decay = _number(config, "eval.ema_decay", optional=True)
     if ema_decay is not None and ema_decay not in ema_decays:
@@ -280,7 +279,7 @@ def _eval(config, ema_decays: tuple[float, ...], sigma_data: float,
         ema_decay=ema_decay,
         nll_examples=_number(config, "eval.nll_examples", lo=0, integer=True),
         nll_batch_size=_number(config, "eval.nll_batch_size", lo=1, integer=True),
-        likelihood=_likelihood(config, sigma_data, image_data),
+        likelihood=_likelihood(config, image_data),
         checkpoint_step=_number(config, "eval.checkpoint_step", lo=0, integer=True,
                                 optional=True),
         seed=_number(config, "eval.seed", integer=True),
@@ -321,8 +320,10 @@ def _fid_files(config, image_data) -> dict:
     return files
 
 
-def _likelihood(config, sigma_data: float, image_data) -> LikelihoodConfig:
-    """The NLL solver's settings; image data are dequantised to their number of levels."""
+def _likelihood(config, image_data) -> LikelihoodConfig:
+    """The NLL solver's settings; image data are dequantised to their number of levels.
+
+    ``sigma_data`` is left out: ``evaluate.evaluate_nll`` takes the model's own."""
     divergence = _choice(config, "eval.nll_divergence", likelihood_lib.DIVERGENCES)
     return _wrap("eval", lambda: LikelihoodConfig(
         divergence=divergence,
@@ -330,7 +331,6 @@ def _likelihood(config, sigma_data: float, image_data) -> LikelihoodConfig:
         rtol=_number(config, "eval.nll_rtol", lo=0.0, lo_open=True),
         atol=_number(config, "eval.nll_atol", lo=0.0, lo_open=True),
         num_levels=None if image_data is None else image_data.info.num_levels,
-        sigma_data=sigma_data,
     ))
 
 
@@ -368,7 +368,7 @@ def parse(config, num_devices: int | None = None) -> Experiment:
         optimizer=_optimizer(config, training.num_steps),
         training=training,
         sampler=_sampler(config, schedule),
-        eval=_eval(config, training.ema_decays, parameterization.sigma_data, image_data),
+        eval=_eval(config, training.ema_decays, image_data),
         image_data=image_data,
     )
 
