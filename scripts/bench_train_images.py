@@ -34,9 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load(config_path: str, overrides: dict):
     config = runpy.run_path(os.path.join(ROOT, config_path))["get_config"]()
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        config[section][key] = value
+    config.update_from_flattened_dict(overrides)
     return config_validation.parse(config)
 
 
