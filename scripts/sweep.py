@@ -140,12 +140,13 @@ def main_command(python: str, config: str, workdir: str, overrides: dict[str, st
 def plan(args, overrides_list: list[dict]) -> list[dict]:
     """One entry per point: name, overrides, workdir, env, argv (a list: no local shell)."""
     fixed = dict(parse_set(args.set))
+    run_env = dict(parse_set(args.env, what="--env"))
     points = []
     for i, swept in enumerate(overrides_list):
         name = point_name(i, swept)
         workdir = os.path.join(args.root, name)
         overrides = {**fixed, **swept}
-        env = dict(parse_set(args.env, what="--env"))
+        env = dict(run_env)  # per point: the gpus launcher adds to it
         if args.launcher == "tpu":
             remote = main_command(args.python, args.config, workdir, overrides,
                                   ["--distributed=auto"])
@@ -339,7 +340,7 @@ def main(argv: list[str]) -> int:
     if args.launcher == "tpu":
         parallel = 1
     elif args.launcher == "gpus":
-        parallel = len(gpu_slots(args.gpus, args.gpus_per_run))
+        parallel = len({point["slot"] for point in points})
     else:
         parallel = args.parallel
     codes = launch(points, args.root, parallel)
