@@ -24,7 +24,7 @@ from diffusion_lv.data import images, toy
 from diffusion_lv.likelihood import LikelihoodConfig
 from diffusion_lv.models import unet
 from diffusion_lv.models.mlp import MLP
-from diffusion_lv.models.parameterization import Parameterization
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.schedules import SCHEDULES, Schedule, get_schedule
 from diffusion_lv.training.loop import TrainConfig
 from diffusion_lv.training.state import LR_DECAYS, OPTIMIZERS, OptimizerConfig
@@ -289,7 +289,7 @@ def _eval(config, ema_decays: tuple[float, ...], image_data: images.ImageData | 
 
 def _fid_files(config, image_data) -> dict:
     """``eval.inception_weights`` / ``eval.fid_reference``: files that exist, image data only."""
-    from diffusion_lv import fid, inception
+    from diffusion_lv.eval import fid, inception
 
     how = {
         "inception_weights": f"download {inception.WEIGHTS_FILE} from pytorch-fid's GitHub "

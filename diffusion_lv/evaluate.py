@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv import metrics, samplers
+from diffusion_lv import progress, samplers
 from diffusion_lv.data import toy
+from diffusion_lv.eval import metrics
 from diffusion_lv.likelihood import LikelihoodConfig, evaluate_likelihood, make_likelihood_fn
-from diffusion_lv.models.parameterization import Parameterization, bind
-from diffusion_lv.training import progress
+from diffusion_lv.parameterization import Parameterization, bind
 
 Array = jax.Array
 MMD_MAX_SAMPLES = 2048  # MMD costs n^2 kernel evaluations: the first this many samples

@@ -28,6 +28,11 @@ Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
 
+def is_one(c) -> bool:
+    """True when the rate ``c`` is statically 1 (the deterministic case: draw no noise)."""
+    return isinstance(c, float | int) and c == 1
+
+
 def check_rate(c: float) -> None:
     if isinstance(c, jax.core.Tracer):
         return
@@ -127,7 +132,7 @@ def reverse_split_step(
     check_rate(c)
     drift = reverse_split_drift(schedule, score_fn, x, t, c)
     x_new = x + drift * dt
-    if not (isinstance(c, float | int) and c == 1):
+    if not is_one(c):
         g2 = expand_to(schedule.g2(t), x)
         noise = jax.random.normal(key, x.shape, x.dtype)
         x_new = x_new + jnp.sqrt((c - 1.0) * g2 * dt) * noise
@@ -147,7 +152,7 @@ def reverse_drift_from_denoiser(
     alpha, sigma, dalpha, dsigma = (expand_to(v, x) for v in schedule.alpha_sigma_derivatives(t))
     eps = (x - alpha * denoised) / sigma
     drift = dalpha * denoised + dsigma * eps
-    if isinstance(c, float | int) and c == 1:
+    if is_one(c):
         return drift
     g2 = 2.0 * sigma * (dsigma - dalpha / alpha * sigma)
     return drift + 0.5 * (c - 1.0) * g2 / sigma * eps

@@ -33,7 +33,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from diffusion_lv import config_validation, distributed, evaluate, image_eval, training
+from diffusion_lv import config_validation, distributed, evaluate, training
+from diffusion_lv.eval import images as image_eval
 from diffusion_lv.training import state as state_lib
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv import metrics
-from diffusion_lv.models.oracle import GaussianMixture, random_anisotropic, ring
+from diffusion_lv.eval import metrics
+from diffusion_lv.oracle import GaussianMixture, random_anisotropic, ring
 from diffusion_lv.schedules import VEKarras
 
 Array = jax.Array

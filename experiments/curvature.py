@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_lv import convert
-from diffusion_lv.models.oracle import GaussianMixture
+from diffusion_lv.oracle import GaussianMixture
 from diffusion_lv.samplers import euler, grids, ode
 from diffusion_lv.schedules import SCHEDULES, VEKarras, get_schedule
 from experiments import common

@@ -47,9 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv import config_validation, metrics, samplers
+from diffusion_lv import config_validation, samplers
 from diffusion_lv.data import toy
-from diffusion_lv.models.parameterization import bind
+from diffusion_lv.eval import metrics
+from diffusion_lv.parameterization import bind
 from experiments import common
 
 TOY_CONFIG_DIR = pathlib.Path(__file__).parents[1] / "configs" / "toy"

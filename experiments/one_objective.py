@@ -53,10 +53,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv import config_validation, convert, evaluate, image_eval, samplers
+from diffusion_lv import config_validation, convert, evaluate, samplers
 from diffusion_lv.data import digits, toy
+from diffusion_lv.eval import images as image_eval
 from diffusion_lv.likelihood import LikelihoodConfig, evaluate_likelihood, make_likelihood_fn
-from diffusion_lv.models.parameterization import bind
+from diffusion_lv.parameterization import bind
 from diffusion_lv.schedules import get_schedule
 from experiments import common
 
@@ -195,7 +196,7 @@ def _test_data(config, dataset: str) -> np.ndarray:
         key = common.stream_key(config.seed, 6, 0)
         return np.asarray(toy.exact_density(MIXTURE).sample(key, config.mixture.nll.examples),
                           np.float32)
-    from diffusion_lv.data import digits_features
+    from diffusion_lv.eval import digits_features
 
     return digits_features.scaled_split("test")[0][: config.digits.nll.examples].astype(
         np.float32
@@ -656,7 +657,7 @@ def _figure(path, config, dataset: str, out) -> None:
             ax.set_ylim(-3.5, 3.5)
             ax.set_aspect("equal")
         else:
-            from diffusion_lv import image_grid
+            from diffusion_lv.eval import image_grid
 
             ax.imshow(image_grid.image_grid(np.asarray(samples)[:64], 8), cmap="gray")
             ax.axis("off")

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from diffusion_lv import inception
+from diffusion_lv.eval import inception
 
 SHAPES = ((32, 32, 3), (8, 8, 1))  # CIFAR-10, digits
 

@@ -42,8 +42,8 @@ from diffusion_lv import convert, likelihood
 from diffusion_lv.likelihood import LikelihoodConfig, make_likelihood_fn
 from diffusion_lv.losses import LossConfig, TimeSampler, diffusion_loss
 from diffusion_lv.models.mlp import MLP
-from diffusion_lv.models.oracle import random_anisotropic, ring
-from diffusion_lv.models.parameterization import Parameterization, bind
+from diffusion_lv.oracle import random_anisotropic, ring
+from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.schedules import VP
 
 SCHEDULE = VP()

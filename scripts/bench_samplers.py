@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv.metrics import sliced_wasserstein
-from diffusion_lv.models.oracle import GaussianMixture, random_anisotropic, ring
+from diffusion_lv.eval.metrics import sliced_wasserstein
+from diffusion_lv.oracle import GaussianMixture, random_anisotropic, ring
 from diffusion_lv.samplers import SamplerConfig, initial_noise, sample
 from diffusion_lv.samplers.multistep import (
     dpmpp_2m_weights,

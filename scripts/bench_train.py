@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from train_timing import one_update_flops, time_train_step
 
 from diffusion_lv import config_validation
-from diffusion_lv.models.mlp import param_count
+from diffusion_lv.models import param_count
 from diffusion_lv.training import state as state_lib
 from diffusion_lv.training import step as step_lib
 

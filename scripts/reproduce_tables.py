@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 from diffusion_lv import convert, langevin, losses
-from diffusion_lv.models.oracle import GaussianMixture, random_anisotropic
+from diffusion_lv.oracle import GaussianMixture, random_anisotropic
 from diffusion_lv.schedules import Schedule, get_schedule
 
 Array = jax.Array

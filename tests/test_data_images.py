@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from diffusion_lv.data import device, digits, images
-from diffusion_lv.data.digits_features import frechet_distance
+from diffusion_lv.eval.digits_features import frechet_distance
 
 
 def _digits(batch_size=32, **kw):

@@ -14,12 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv import evaluate
+from diffusion_lv import evaluate, progress
 from diffusion_lv.likelihood import LikelihoodConfig
-from diffusion_lv.models.oracle import random_anisotropic
-from diffusion_lv.models.parameterization import Parameterization
+from diffusion_lv.oracle import random_anisotropic
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.schedules import VP
-from diffusion_lv.training import progress
 
 TOL = 1e-4
 

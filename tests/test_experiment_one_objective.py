@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from diffusion_lv import config_validation, convert
-from diffusion_lv.models.oracle import ring
-from diffusion_lv.models.parameterization import bind
+from diffusion_lv.oracle import ring
+from diffusion_lv.parameterization import bind
 from diffusion_lv.schedules import get_schedule
 from experiments import one_objective
 from experiments.configs import one_objective as one_objective_config

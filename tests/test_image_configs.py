@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_lv import config_validation, image_grid, main, training
+from diffusion_lv import config_validation, main, training
+from diffusion_lv.eval import image_grid
 from diffusion_lv.models import unet
 from diffusion_lv.training import state as state_lib
 from diffusion_lv.training import step as step_lib
@@ -187,8 +188,8 @@ def test_png_round_trip(tmp_path):
 def test_denoising_strip_with_the_exact_denoiser():
     # A mixture of three digit images (tiny spread): its exact denoiser recovers the image at
     # small noise and returns (close to) the mixture mean at large noise.
-    from diffusion_lv.data.digits_features import scaled_split
-    from diffusion_lv.models.oracle import GaussianMixture
+    from diffusion_lv.eval.digits_features import scaled_split
+    from diffusion_lv.oracle import GaussianMixture
 
     images_, _ = scaled_split("test")
     means = images_[:3].reshape(3, -1)

@@ -20,15 +20,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusion_lv import (
-    config_validation,
-    fid,
-    image_eval,
-    inception,
-    main,
-    metrics,
-    torch_checkpoint,
-)
+from diffusion_lv import config_validation, main
+from diffusion_lv.eval import fid, inception, metrics, torch_checkpoint
+from diffusion_lv.eval import images as image_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

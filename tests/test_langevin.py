@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv import langevin, metrics
+from diffusion_lv import langevin, oracle
 from diffusion_lv import schedules as S
-from diffusion_lv.models import oracle
+from diffusion_lv.eval import metrics
 
 SPLIT_SCHEDULES = [S.VP(), S.VEKarras(), S.RectifiedFlow()]
 SPLIT_IDS = [s.name for s in SPLIT_SCHEDULES]

@@ -24,7 +24,7 @@ from scipy.stats import kurtosis
 
 from diffusion_lv import likelihood
 from diffusion_lv.likelihood import LikelihoodConfig, make_likelihood_fn
-from diffusion_lv.models.oracle import GaussianMixture, random_anisotropic
+from diffusion_lv.oracle import GaussianMixture, random_anisotropic
 from diffusion_lv.schedules import VP, CosineVP, RectifiedFlow, VEKarras
 
 DIM = 3

@@ -17,8 +17,8 @@ from scipy import stats
 
 from diffusion_lv import convert as C
 from diffusion_lv import losses as L
+from diffusion_lv import oracle
 from diffusion_lv import schedules as S
-from diffusion_lv.models import oracle
 
 ALL = [S.VP(), S.VEKarras(), S.RectifiedFlow(), S.LinearVP(), S.CosineVP()]
 IDS = [s.name for s in ALL]

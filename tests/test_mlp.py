@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv import convert, losses
-from diffusion_lv.models import oracle
-from diffusion_lv.models.mlp import MLP, param_count
-from diffusion_lv.models.parameterization import Parameterization, bind
+from diffusion_lv import convert, losses, oracle
+from diffusion_lv.models import param_count
+from diffusion_lv.models.mlp import MLP
+from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.schedules import SCHEDULES, get_schedule
 
 KEY = jax.random.PRNGKey(0)

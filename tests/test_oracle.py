@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diffusion_lv import langevin
+from diffusion_lv import langevin, oracle
 from diffusion_lv import schedules as S
-from diffusion_lv.models import oracle
 
 ALL = [S.VP(), S.VEKarras(), S.RectifiedFlow(), S.LinearVP(), S.CosineVP()]
 IDS = [s.name for s in ALL]

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv.metrics import sliced_wasserstein
-from diffusion_lv.models.oracle import GaussianMixture, random_anisotropic
+from diffusion_lv.eval.metrics import sliced_wasserstein
+from diffusion_lv.oracle import GaussianMixture, random_anisotropic
 from diffusion_lv.samplers import (
     SamplerConfig,
     get_sigmas,

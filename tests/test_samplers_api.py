@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv.models.oracle import GaussianMixture, ring
+from diffusion_lv.oracle import GaussianMixture, ring
 from diffusion_lv.samplers import (
     SamplerConfig,
     get_sigmas,

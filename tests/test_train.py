@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv import losses
+from diffusion_lv import losses, oracle
 from diffusion_lv.data import toy
-from diffusion_lv.models import oracle
 from diffusion_lv.models.mlp import MLP
-from diffusion_lv.models.parameterization import Parameterization, bind
+from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.schedules import get_schedule
 from diffusion_lv.training import (
     Checkpointer,

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     from diffusion_lv import losses
     from diffusion_lv.data import toy
     from diffusion_lv.models.mlp import MLP
-    from diffusion_lv.models.parameterization import Parameterization
+    from diffusion_lv.parameterization import Parameterization
     from diffusion_lv.schedules import get_schedule
     from diffusion_lv.training import state as st, step as sp
 

@@ -5,7 +5,7 @@ function of ``(key, step)`` alone and a resumed run sees exactly the batches it 
 Scales are chosen so every set lies within about ``[-4, 4]^2`` (standard deviations 1.4 to 2.3).
 
 * ``ring8``: the oracle's ring of 8 Gaussians (radius 2, std 0.1); it also has an exact
-  :class:`~diffusion_lv.models.oracle.GaussianMixture` (``exact_density``) for metrics and plots.
+  :class:`~diffusion_lv.oracle.GaussianMixture` (``exact_density``) for metrics and plots.
 * ``checkerboard``: uniform on the 8 dark squares of a 4x4 board of side 8 (FFJORD's set).
 * ``two_moons``: two interleaved half circles with Gaussian noise, centred.
 * ``swiss_roll``: the 2-D Swiss roll (sklearn's ``make_swiss_roll`` in its x-z plane), scaled.
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion_lv.models import oracle
+from diffusion_lv import oracle
 
 Array = jax.Array
 

@@ -67,6 +67,3 @@ class MLP(nn.Module):
         h = nn.silu(nn.LayerNorm()(h))
         return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
 
-
-def param_count(params) -> int:
-    return sum(int(p.size) for p in jax.tree.leaves(params))

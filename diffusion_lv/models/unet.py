@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv.models.mlp import param_count
+from diffusion_lv.models import param_count
 
 Array = jax.Array
 

@@ -51,11 +51,6 @@ def check_sigmas(sigmas) -> tuple[np.ndarray, bool]:
     return levels, bool(final_denoise)
 
 
-def is_one(c) -> bool:
-    """True when the rate ``c`` is statically 1 (the deterministic case: draw no noise)."""
-    return isinstance(c, float | int) and c == 1
-
-
 def step_inputs(levels: np.ndarray, dtype) -> tuple[Array, Array, Array]:
     """Scan inputs ``(i, sigma_i, sigma_{i+1})`` for the steps between consecutive levels."""
     n = levels.shape[0] - 1

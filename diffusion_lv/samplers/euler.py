@@ -16,8 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion_lv.langevin import check_rate, reverse_drift_from_denoiser
-from diffusion_lv.samplers.base import Denoiser, denoise, is_one, run_one_step_sampler
+from diffusion_lv.langevin import check_rate, is_one, reverse_drift_from_denoiser
+from diffusion_lv.samplers.base import Denoiser, denoise, run_one_step_sampler
 from diffusion_lv.schedules import Schedule, VEKarras, expand_to
 
 Array = jax.Array

@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv.langevin import check_rate
-from diffusion_lv.samplers.base import Denoiser, check_sigmas, denoise, finish, is_one
+from diffusion_lv.langevin import check_rate, is_one
+from diffusion_lv.samplers.base import Denoiser, check_sigmas, denoise, finish
 
 Array = jax.Array
 

@@ -1,5 +1,5 @@
 """Training: state and optimiser (state.py), the data-parallel step (step.py), checkpoints
-(checkpoint.py), logs (progress.py) and the loop (loop.py)."""
+(checkpoint.py) and the loop (loop.py); console progress is diffusion_lv/progress.py."""
 
 from diffusion_lv.training.checkpoint import Checkpointer
 from diffusion_lv.training.loop import NonFiniteError, TrainConfig, TrainResult, train

@@ -27,10 +27,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from diffusion_lv import losses
-from diffusion_lv.models.mlp import param_count
-from diffusion_lv.models.parameterization import Parameterization
-from diffusion_lv.training import checkpoint, progress
+from diffusion_lv import losses, progress
+from diffusion_lv.models import param_count
+from diffusion_lv.parameterization import Parameterization
+from diffusion_lv.training import checkpoint
 from diffusion_lv.training import state as state_lib
 from diffusion_lv.training import step as step_lib
 from diffusion_lv.training.state import OptimizerConfig, TrainState

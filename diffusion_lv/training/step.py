@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffusion_lv import losses
-from diffusion_lv.models.parameterization import Parameterization
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.training.state import (
     DROPOUT_STREAM,
     NOISE_STREAM,

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from diffusion_lv import metrics
-from diffusion_lv.inception import FEATURE_DIM, FeatureExtractor
+from diffusion_lv.eval import metrics
+from diffusion_lv.eval.inception import FEATURE_DIM, FeatureExtractor
 
 REFERENCE_CACHE = "fid_reference_stats.npz"
 REFERENCE_CHUNK = 500  # images read and featurised at a time when computing reference stats

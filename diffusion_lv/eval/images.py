@@ -18,8 +18,9 @@ import os
 import jax
 import numpy as np
 
-from diffusion_lv import convert, image_grid
-from diffusion_lv.models.parameterization import bind
+from diffusion_lv import convert
+from diffusion_lv.eval import image_grid
+from diffusion_lv.parameterization import bind
 
 GRID_SIZE = 100  # 10 x 10 tiles
 STRIP_SIGMAS = (0.02, 0.1, 0.3, 0.6, 1.0, 2.0, 5.0, 20.0, 80.0)
@@ -84,7 +85,7 @@ def sample_quality(samples, experiment, workdir: str | None = None) -> dict:
 
 def inception_fid(samples, experiment, workdir: str | None = None) -> dict:
     """FID of ``samples`` against ``eval.fid_reference`` or the data set's own statistics."""
-    from diffusion_lv import fid, inception
+    from diffusion_lv.eval import fid, inception
 
     weights = experiment.eval.inception_weights
     extractor = inception.FeatureExtractor.from_file(weights)

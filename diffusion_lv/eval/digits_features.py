@@ -14,8 +14,8 @@ import functools
 
 import numpy as np
 
-from diffusion_lv import metrics
 from diffusion_lv.data import digits
+from diffusion_lv.eval import metrics
 
 
 def _flatten(images) -> np.ndarray:
