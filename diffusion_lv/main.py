@@ -33,7 +33,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from diffusion_lv import config_validation, distributed, evaluate, training
+from diffusion_lv import distributed, evaluate, training
+from diffusion_lv import experiment as experiment_lib
 from diffusion_lv.eval import images as image_eval
 from diffusion_lv.training import state as state_lib
 
@@ -58,7 +59,7 @@ FLAGS = flags.FLAGS
 PERIODIC_SAMPLES = 2048  # samples drawn for the every-K-steps plots
 
 
-def restore_checkpoint(experiment: config_validation.Experiment, workdir: str):
+def restore_checkpoint(experiment: experiment_lib.Experiment, workdir: str):
     """The train state of ``eval.checkpoint_step`` (None: the latest); a clear error naming the
     saved steps if the workdir has no such checkpoint."""
     optimizer = state_lib.make_optimizer(experiment.optimizer)
@@ -84,7 +85,7 @@ def restore_checkpoint(experiment: config_validation.Experiment, workdir: str):
         checkpoints.close()
 
 
-def params_label(experiment: config_validation.Experiment) -> str:
+def params_label(experiment: experiment_lib.Experiment) -> str:
     if experiment.eval.params == "raw":
         return "raw"
     decay = experiment.eval.ema_decay or experiment.training.ema_decays[0]
@@ -234,7 +235,7 @@ def periodic_sampler(experiment, workdir: str):
 
 def run(config, workdir: str, mode: str) -> dict | None:
     """Run one mode; returns the metrics (eval, or train that finished), else None."""
-    experiment = config_validation.parse(config)  # every check before anything compiles
+    experiment = experiment_lib.parse(config)  # every check before anything compiles
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -288,7 +289,7 @@ def main(argv):
     start = time.perf_counter()
     try:
         metrics = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-    except (config_validation.ConfigError, training.NonFiniteError, FileNotFoundError) as err:
+    except (experiment_lib.ConfigError, training.NonFiniteError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     if not distributed.is_main_process():
         return

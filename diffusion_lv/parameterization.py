@@ -75,6 +75,12 @@ class Parameterization:
 
         return apply
 
+    def ve_denoiser(self, model_fn: Callable[[Array, Array], Array]):
+        """``D(z, sigma_ve)`` in canonical (VE) coordinates of a model function
+        ``(x, t) -> native prediction`` (a trained network's ``model_fn`` or the oracle's):
+        what every sampler and the likelihood see."""
+        return convert.as_ve_denoiser(model_fn, self.prediction, self.schedule, self.sigma_data)
+
     def denoiser(self, network: Network) -> Callable[[Array, Array], Array]:
         """``D(x, t) = E[x0 | x_t]`` in the schedule's coordinates."""
         return convert.as_denoiser(

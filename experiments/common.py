@@ -113,7 +113,7 @@ def quiet_training_logs():
 
 
 def train_experiment(experiment, workdir: pathlib.Path):
-    """Train a parsed library config (``config_validation.parse``) in ``workdir`` (resuming a
+    """Train a parsed library config (``experiment_lib.parse``) in ``workdir`` (resuming a
     checkpoint there); returns its evaluation (EMA) params and the seconds it took, compilation
     included."""
     from diffusion_lv import training

@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv import config_validation, samplers
+from diffusion_lv import experiment as experiment_lib
+from diffusion_lv import samplers
 from diffusion_lv.data import toy
 from diffusion_lv.eval import metrics
 from diffusion_lv.parameterization import bind
@@ -143,7 +144,7 @@ def train_models(config, path: pathlib.Path, seeds, steps: int):
     experiment, params, seconds = None, [], []
     for seed in seeds:
         toy_cfg = toy_config(config, seed, steps)
-        experiment = config_validation.parse(toy_cfg)
+        experiment = experiment_lib.parse(toy_cfg)
         workdir = path / "models" / f"steps_{steps}" / f"seed_{seed}"
         record = toy_cfg.to_json_best_effort(indent=2) + "\n"
         if workdir.exists() and (

@@ -2,7 +2,7 @@
 
 A VP score network, a VE-Karras eps network and a rectified-flow velocity network are trained on
 the same data with the same network, steps, batch and optimiser, through the library
-(``config_validation.parse`` of a config built from ``configs/toy/common.py`` or
+(``experiment_lib.parse`` of a config built from ``configs/toy/common.py`` or
 ``configs/digits/common.py``, then ``training.train``). Two weightings:
 
 * ``ml``: the maximum-likelihood weighting ``w_ML = g^2 alpha^2 / (2 sigma^4)`` in x0 space,
@@ -53,7 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv import config_validation, convert, evaluate, samplers
+from diffusion_lv import convert, evaluate, samplers
+from diffusion_lv import experiment as experiment_lib
 from diffusion_lv.data import digits, toy
 from diffusion_lv.eval import images as image_eval
 from diffusion_lv.likelihood import LikelihoodConfig, evaluate_likelihood, make_likelihood_fn
@@ -166,8 +167,8 @@ def check_config(config) -> None:
         _likelihood_config(config, dataset, 0.5)
         for model, weighting in itertools.product(config.models, config.weightings):
             try:
-                config_validation.parse(library_config(config, dataset, model, weighting, 0))
-            except config_validation.ConfigError as err:
+                experiment_lib.parse(library_config(config, dataset, model, weighting, 0))
+            except experiment_lib.ConfigError as err:
                 raise ValueError(f"{dataset} section: {err}") from None
 
 
@@ -245,7 +246,7 @@ def _run_dataset(config, dataset: str, path: pathlib.Path, timer: _Timer) -> dic
             runs = []
             for seed in seeds:
                 lib = library_config(config, dataset, model, weighting, seed)
-                experiment = config_validation.parse(lib)
+                experiment = experiment_lib.parse(lib)
                 run_dir = path / "runs" / dataset / f"{model}_{weighting}" / f"seed{seed}"
                 shutil.rmtree(run_dir, ignore_errors=True)  # never resume a stale run
                 params, train_seconds = common.train_experiment(experiment, run_dir)

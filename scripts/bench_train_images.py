@@ -23,7 +23,7 @@ import time
 import jax
 from train_timing import one_update_flops, time_train_step
 
-from diffusion_lv import config_validation
+from diffusion_lv import experiment as experiment_lib
 from diffusion_lv.data import images
 from diffusion_lv.models import unet
 from diffusion_lv.training import state as state_lib
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load(config_path: str, overrides: dict):
     config = runpy.run_path(os.path.join(ROOT, config_path))["get_config"]()
     config.update_from_flattened_dict(overrides)
-    return config_validation.parse(config)
+    return experiment_lib.parse(config)
 
 
 def data_context(experiment):

@@ -9,8 +9,8 @@ import runpy
 
 import pytest
 
-from diffusion_lv import config_validation
-from diffusion_lv.config_validation import ConfigError, parse
+from diffusion_lv import experiment as experiment_lib
+from diffusion_lv.experiment import ConfigError, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The 2-D configs (image configs are tested with the image pipeline).
@@ -134,4 +134,4 @@ def test_sampler_rejects_a_rate_it_has_not():
 
 
 def test_error_is_a_value_error():
-    assert issubclass(config_validation.ConfigError, ValueError)
+    assert issubclass(experiment_lib.ConfigError, ValueError)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv import config_validation, convert
+from diffusion_lv import convert
+from diffusion_lv import experiment as experiment_lib
 from diffusion_lv.oracle import ring
 from diffusion_lv.parameterization import bind
 from diffusion_lv.schedules import get_schedule
@@ -85,7 +86,7 @@ def test_conversion_samples_equal_the_direct_sampler(tiny_run):
 
 def _rf_network(config):
     lib = one_objective.library_config(config, "mixture", "rf_velocity", "ml", 0)
-    experiment = config_validation.parse(lib)
+    experiment = experiment_lib.parse(lib)
     params = experiment.network.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
     return experiment, params
 
@@ -125,7 +126,7 @@ def test_converted_model_is_the_converted_prediction(x64):
 def test_ml_rows_share_noise_levels_and_schedules_share_the_range():
     config = one_objective_config.get_config("tiny")
     parsed = {
-        (m, w): config_validation.parse(one_objective.library_config(config, "mixture", m, w, 0))
+        (m, w): experiment_lib.parse(one_objective.library_config(config, "mixture", m, w, 0))
         for m in config.models for w in config.weightings
     }
     key = jax.random.PRNGKey(3)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_lv import config_validation, main, training
+from diffusion_lv import experiment as experiment_lib
+from diffusion_lv import main, training
 from diffusion_lv.eval import image_grid
 from diffusion_lv.models import unet
 from diffusion_lv.training import state as state_lib
@@ -46,7 +47,7 @@ def test_configs_are_found():
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_config_parses_and_builds_the_full_network(path, capsys):
-    experiment = config_validation.parse(load(path), num_devices=1)
+    experiment = experiment_lib.parse(load(path), num_devices=1)
     assert experiment.image_data is not None
     assert experiment.data_shape == experiment.image_data.info.image_shape
     counts = unet.param_counts(experiment.network, experiment.data_shape)  # jax.eval_shape
@@ -59,16 +60,16 @@ def test_config_parses_and_builds_the_full_network(path, capsys):
 def test_config_errors_name_the_key():
     config = load("configs/digits/ve_karras.py")
     config.model.channels = 0
-    with pytest.raises(config_validation.ConfigError, match=r"config.model: channels=0"):
-        config_validation.parse(config, num_devices=1)
+    with pytest.raises(experiment_lib.ConfigError, match=r"config.model: channels=0"):
+        experiment_lib.parse(config, num_devices=1)
     config = load("configs/digits/ve_karras.py")
     config.model.name = "mlp"
-    with pytest.raises(config_validation.ConfigError, match="cannot model images.*'unet'"):
-        config_validation.parse(config, num_devices=1)
+    with pytest.raises(experiment_lib.ConfigError, match="cannot model images.*'unet'"):
+        experiment_lib.parse(config, num_devices=1)
     config = load("configs/digits/ve_karras.py")
     config.data.flip = True
-    with pytest.raises(config_validation.ConfigError, match=r"unknown image data option.*flip"):
-        config_validation.parse(config, num_devices=1)
+    with pytest.raises(experiment_lib.ConfigError, match=r"unknown image data option.*flip"):
+        experiment_lib.parse(config, num_devices=1)
 
 
 def _shrunk(path, **training_overrides):
@@ -95,7 +96,7 @@ FAST_STEP = ("configs/cifar10/edm_ve.py", "configs/mnist/ddpmpp_vp_ml.py")
     "path", [p if p in FAST_STEP else pytest.param(p, marks=pytest.mark.slow) for p in CONFIGS]
 )
 def test_one_training_step_on_mock_data(path):
-    experiment = config_validation.parse(_shrunk(path), num_devices=1)
+    experiment = experiment_lib.parse(_shrunk(path), num_devices=1)
     optimizer = state_lib.make_optimizer(experiment.optimizer)
     mesh = step_lib.make_mesh()
     state = state_lib.create_train_state(
@@ -140,7 +141,7 @@ def test_digits_end_to_end_through_main(tmp_path):
     # function of the step).
     config.training.num_steps = 4
     assert main.run(config, workdir, "train")["step"] == 4
-    experiment = config_validation.parse(config, num_devices=1)
+    experiment = experiment_lib.parse(config, num_devices=1)
     resumed = main.restore_checkpoint(experiment, workdir)
     straight = training.train(
         str(tmp_path / "straight"), experiment.network, experiment.parameterization,

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusion_lv import config_validation, main
+from diffusion_lv import experiment as experiment_lib
+from diffusion_lv import main
 from diffusion_lv.eval import fid, inception, metrics, torch_checkpoint
 from diffusion_lv.eval import images as image_eval
 
@@ -624,26 +625,26 @@ def digits_config(**eval_overrides):
 
 def test_config_checks_the_fid_files(tmp_path, weights):
     config = digits_config(inception_weights=str(tmp_path / "nowhere.pth"))
-    with pytest.raises(config_validation.ConfigError,
+    with pytest.raises(experiment_lib.ConfigError,
                        match=r"config.eval.inception_weights=.*does not exist: download "
                              r"pt_inception-2015-12-05-6726825d.pth"):
-        config_validation.parse(config, num_devices=1)
+        experiment_lib.parse(config, num_devices=1)
     config = digits_config(inception_weights=weights[0], fid_reference=str(tmp_path / "x.npz"))
-    with pytest.raises(config_validation.ConfigError, match=r"config.eval.fid_reference=.*mu, "
+    with pytest.raises(experiment_lib.ConfigError, match=r"config.eval.fid_reference=.*mu, "
                                                             r"sigma"):
-        config_validation.parse(config, num_devices=1)
+        experiment_lib.parse(config, num_devices=1)
     np.savez(tmp_path / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
     config = digits_config(inception_weights=weights[0], fid_reference=str(tmp_path / "small.npz"))
-    with pytest.raises(config_validation.ConfigError, match=r"config.eval.fid_reference: .*2048"):
-        config_validation.parse(config, num_devices=1)
+    with pytest.raises(experiment_lib.ConfigError, match=r"config.eval.fid_reference: .*2048"):
+        experiment_lib.parse(config, num_devices=1)
     config = digits_config(fid_reference=str(tmp_path / "small.npz"))
-    with pytest.raises(config_validation.ConfigError, match="inception_weights is ''"):
-        config_validation.parse(config, num_devices=1)
+    with pytest.raises(experiment_lib.ConfigError, match="inception_weights is ''"):
+        experiment_lib.parse(config, num_devices=1)
     toy = runpy.run_path(os.path.join(ROOT, "configs/default.py"))["get_config"]()
     toy.eval.inception_weights = weights[0]
-    with pytest.raises(config_validation.ConfigError, match="FID is for image data sets"):
-        config_validation.parse(toy, num_devices=1)
-    experiment = config_validation.parse(digits_config(inception_weights=weights[0]), 1)
+    with pytest.raises(experiment_lib.ConfigError, match="FID is for image data sets"):
+        experiment_lib.parse(toy, num_devices=1)
+    experiment = experiment_lib.parse(digits_config(inception_weights=weights[0]), 1)
     assert experiment.eval.inception_weights == weights[0] and experiment.eval.fid_reference == ""
 
 
@@ -663,7 +664,7 @@ def test_fid_through_main_with_cached_reference_stats(tmp_path, weights, variabl
     mu, sigma = fid.load_stats(cache)
     assert fid.read_metadata(cache) == {"dataset": "digits", "split": "test", "num_images": 4,
                                         "weights": inception.WEIGHTS_FILE}
-    experiment = config_validation.parse(config, num_devices=1)
+    experiment = experiment_lib.parse(config, num_devices=1)
     extractor = inception.FeatureExtractor(variables)
     reference = extractor(experiment.image_data.examples(4, "test"))
     np.testing.assert_allclose(mu, reference.mean(0), rtol=1e-5, atol=1e-6)
@@ -677,7 +678,7 @@ def test_fid_through_main_with_cached_reference_stats(tmp_path, weights, variabl
     # the FID by 2048 - 2 sum(mean(samples) - mu).
     stats = fid.save_stats(str(tmp_path / "given.npz"), mu + 1.0, sigma)
     config.eval.fid_reference = stats
-    given = image_eval.sample_quality(samples, config_validation.parse(config, num_devices=1))
+    given = image_eval.sample_quality(samples, experiment_lib.parse(config, num_devices=1))
     assert given["fid_reference"] == stats
     expected = result["fid"] + 2048 - 2 * np.sum(sample_features.mean(0) - mu)
     assert given["fid"] == pytest.approx(expected, rel=1e-4)

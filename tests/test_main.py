@@ -112,8 +112,8 @@ def test_sigkill_during_save_resumes_from_last_complete_checkpoint(straight_run,
     metrics = main_lib.run(tiny_config(), workdir, "train")
     straight_dir, straight_metrics = straight_run
     config = tiny_config()
-    resumed = main_lib.restore_checkpoint(main_lib.config_validation.parse(config), workdir)
-    reference = main_lib.restore_checkpoint(main_lib.config_validation.parse(config), straight_dir)
+    resumed = main_lib.restore_checkpoint(main_lib.experiment_lib.parse(config), workdir)
+    reference = main_lib.restore_checkpoint(main_lib.experiment_lib.parse(config), straight_dir)
     assert int(resumed.step) == int(reference.step) == 8
     for a, b in zip(flat_leaves(resumed), flat_leaves(reference), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -166,10 +166,10 @@ def test_eval_of_a_named_checkpoint(straight_run):
     workdir, _ = straight_run
     config = tiny_config()
     config.eval.checkpoint_step = 6
-    experiment = main_lib.config_validation.parse(config)
+    experiment = main_lib.experiment_lib.parse(config)
     state = main_lib.restore_checkpoint(experiment, workdir)
     assert int(state.step) == 6
-    latest = main_lib.restore_checkpoint(main_lib.config_validation.parse(tiny_config()), workdir)
+    latest = main_lib.restore_checkpoint(main_lib.experiment_lib.parse(tiny_config()), workdir)
     assert int(latest.step) == 8
     assert any(not np.array_equal(a, b)
                for a, b in zip(flat_leaves(state.params), flat_leaves(latest.params), strict=True))

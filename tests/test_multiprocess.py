@@ -48,7 +48,8 @@ WORKER = textwrap.dedent(
     import jax, numpy as np
     port, nproc, pid, _, workdir, slow = sys.argv[1:7]
     nproc, pid, slow = int(nproc), int(pid), float(slow)
-    from diffusion_lv import config_validation, distributed, training
+    from diffusion_lv import experiment as experiment_lib
+from diffusion_lv import distributed, training
     if nproc > 1:
         distributed.initialize("explicit", "127.0.0.1:" + port, nproc, pid)
     assert jax.device_count() == 4, jax.devices()
@@ -57,7 +58,7 @@ WORKER = textwrap.dedent(
     for dotted, value in json.loads(sys.argv[7]).items():
         section, key = dotted.split(".")
         config[section][key] = tuple(value) if isinstance(value, list) else value
-    e = config_validation.parse(config)
+    e = experiment_lib.parse(config)
     after_call = (lambda state: time.sleep(slow)) if slow else None
     result = training.train(
         workdir, e.network, e.parameterization, e.loss, e.optimizer, e.training, e.dataset_fn,
@@ -198,13 +199,14 @@ def test_job_resumes_after_one_process_is_killed(single, tmp_path):
 
     import runpy
 
-    from diffusion_lv import config_validation, main
+    from diffusion_lv import experiment as experiment_lib
+    from diffusion_lv import main
 
     config = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))["get_config"]()
     for dotted, value in TINY.items():
         section, key = dotted.split(".")
         config[section][key] = value
-    state = main.restore_checkpoint(config_validation.parse(config), str(tmp_path))
+    state = main.restore_checkpoint(experiment_lib.parse(config), str(tmp_path))
     assert int(state.step) == 8
     resumed = {"params": [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]}
     assert_same(resumed, single)
