@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import runpy
 import time
 
 import jax
 import jax.numpy as jnp
 from train_timing import one_update_flops, time_train_step
 
+from diffusion_lv import config_files
 from diffusion_lv import experiment as experiment_lib
 from diffusion_lv.models import param_count
 from diffusion_lv.training import state as state_lib
@@ -81,7 +81,7 @@ def main():
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.py"))
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per variant")
     args = parser.parse_args()
-    experiment = experiment_lib.parse(runpy.run_path(args.config)["get_config"]())
+    experiment = experiment_lib.parse(config_files.load_config(args.config))
     batch, per_call = experiment.training.batch_size, experiment.training.steps_per_call
     variants = [(batch, 1), (batch, per_call), (4 * batch, per_call)]
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import runpy
 import time
 
 import jax
 from train_timing import one_update_flops, time_train_step
 
+from diffusion_lv import config_files
 from diffusion_lv import experiment as experiment_lib
 from diffusion_lv.data import images
 from diffusion_lv.models import unet
@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(config_path: str, overrides: dict):
-    config = runpy.run_path(os.path.join(ROOT, config_path))["get_config"]()
+    config = config_files.load_config(os.path.join(ROOT, config_path))
     config.update_from_flattened_dict(overrides)
     return experiment_lib.parse(config)
 

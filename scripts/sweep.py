@@ -1,6 +1,6 @@
 """Sweeps: a base config and a set of overrides become one workdir and one command per point.
 
-    python scripts/sweep.py --config=configs/toy/ring8_rf.py --root=runs/lr_sweep \\
+    python scripts/sweep.py --config=configs/toy.py:ring8,rf --root=runs/lr_sweep \\
         --config.optimizer.learning_rate=1e-3,3e-4 --config.training.batch_size=256,512 \\
         [--set training.num_steps=2000] [--launcher=local|gpus|tpu ...] [--dry_run | --collect]
 
@@ -10,8 +10,9 @@ key adds choices), or ``--sweep_fn=FILE.py:NAME`` where ``NAME()`` returns a lis
 dicts ``{"optimizer.learning_rate": 1e-3, ...}`` (both together: every function point times
 every product point). ``--set KEY=V`` fixes a key for all points. Point ``i`` runs in
 ``ROOT/p{i:03d}_<key=value,...>`` with ``python -m diffusion_lv.main``; ``ROOT/sweep.json`` lists
-the points and their commands. Every swept or set key must exist in the base config (checked
-before anything runs when the config file is here).
+the points and their commands. ``--config`` is main's (``FILE.py`` or ``FILE.py:ARG``). Every
+swept or set key must exist in the base config (checked before anything runs when the config
+file is here).
 
 Launchers:
   local  ``--parallel=N`` runs at a time on this machine (default 1: one after another);
@@ -41,10 +42,11 @@ import json
 import math
 import os
 import re
-import runpy
 import shlex
 import subprocess
 import sys
+
+from diffusion_lv import config_files
 
 LAUNCHERS = ("local", "gpus", "tpu")
 DEFAULT_METRICS = ("step", "swd", "swd_ratio", "nll_bpd", "fd", "train_seconds")
@@ -262,7 +264,7 @@ def summary_table(points: list[dict], metrics: list[str] | None = None) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="base config file (as for main)")
+    p.add_argument("--config", required=True, help="base config FILE.py[:ARG] (main's --config)")
     p.add_argument("--root", required=True, help="folder of the sweep's workdirs")
     p.add_argument("--sweep_fn", help="FILE.py:FUNCTION returning a list of override dicts")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every point")
@@ -294,22 +296,23 @@ def build(argv: list[str]) -> tuple[argparse.Namespace, list[dict]]:
         raise ValueError(f"--parallel={args.parallel} must be >= 1")
     function_points = load_sweep_fn(args.sweep_fn) if args.sweep_fn else None
     overrides = expand(parse_choices(rest), function_points)
-    if os.path.isfile(args.config):  # a TPU run's config may exist only on the VMs
+    config_path, _ = config_files.split_spec(args.config)
+    if os.path.isfile(config_path):  # a TPU run's config may exist only on the VMs
         check_keys(args.config, [key for key, _ in parse_set(args.set)]
                    + [key for point in overrides for key in point])
     return args, plan(args, overrides)
 
 
-def check_keys(config_path: str, keys: list[str]) -> None:
+def check_keys(config_spec: str, keys: list[str]) -> None:
     """A key the base config lacks fails here, before any run starts, naming the valid keys."""
-    config = runpy.run_path(config_path)["get_config"]()
+    config = config_files.load_config(config_spec)
     for key in dict.fromkeys(keys):
         node, parts = config, key.split(".")
         for i, part in enumerate(parts):
             if not hasattr(node, "keys") or part not in node:
                 parent = ".".join(parts[:i]) or "the config"
                 valid = sorted(node.keys()) if hasattr(node, "keys") else "none (not a section)"
-                raise ValueError(f"--config.{key}: {parent} in {config_path} has no key "
+                raise ValueError(f"--config.{key}: {parent} in {config_spec} has no key "
                                  f"{part!r}; valid keys: {valid}")
             node = node[part]
 

@@ -10,6 +10,13 @@ import os
 import jax
 import pytest
 
+from diffusion_lv import config_files
+
+# tests/ is a package, so pytest puts its parent, the repository root, on sys.path: that makes
+# `experiments` and the `configs` package importable. This call keeps `configs` importable under
+# any import mode (it adds the root only if it is missing).
+config_files.make_configs_importable()
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")

@@ -1,51 +1,152 @@
 """Config files and their validation: every file parses; every bad value is named before compiling.
 
-Errors must name the key, the value and the valid choices (or the valid range).
+Config files are modules of the ``configs`` package, loaded by ``config_files.load_config(spec)``
+(``spec`` as ``--config`` takes it, ``FILE.py[:ARG]``). Errors must name the key, the value and
+the valid choices (or the valid range).
 """
 
 import glob
 import os
-import runpy
+import subprocess
+import sys
+import textwrap
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
+from configs import toy
+from diffusion_lv import config_files
 from diffusion_lv import experiment as experiment_lib
+from diffusion_lv.config_files import load_config
 from diffusion_lv.experiment import ConfigError, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The 2-D configs (image configs are tested with the image pipeline).
+# The 2-D configs (image configs are tested with the image pipeline): one per toy set and row.
+TOY_SPECS = [f"configs/toy.py:{dataset},{row}" for dataset in toy.DATASETS for row in toy.ROWS]
+CONFIG_SPECS = ["configs/default.py", *TOY_SPECS]
+# Every config file with a get_config (the toy file once per set and row above).
 CONFIG_FILES = sorted(
-    path
-    for path in [os.path.join(ROOT, "configs", "default.py"),
-                 *glob.glob(os.path.join(ROOT, "configs", "toy", "*.py"))]
-    if "get_config" in runpy.run_path(path)
+    os.path.relpath(path, ROOT)
+    for pattern in ("configs/**/*.py", "experiments/configs/*.py")
+    for path in glob.glob(os.path.join(ROOT, pattern), recursive=True)
+    if not path.endswith(("__init__.py", "common.py"))
 )
 
 
 def load(relative: str):
-    return runpy.run_path(os.path.join(ROOT, "configs", relative))["get_config"]()
+    return load_config(os.path.join("configs", relative))
 
 
 def test_there_is_a_config_per_toy_set_and_paper_row():
-    names = {os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIG_FILES}
-    assert "default.py" in names
-    for dataset in ("ring8", "checkerboard", "two_moons", "swiss_roll"):
-        for row in ("vp_sde", "vp_ode", "ve_karras", "rf"):
-            assert os.path.join("toy", f"{dataset}_{row}.py") in names
+    assert toy.DATASETS == ("ring8", "checkerboard", "two_moons", "swiss_roll")
+    assert set(toy.ROWS) == {"vp_sde", "vp_ode", "ve_karras", "rf"}
+    assert len(TOY_SPECS) == 16
+    for dataset in toy.DATASETS:
+        for row in toy.ROWS:
+            config = load(f"toy.py:{dataset},{row}")
+            assert config.data.name == dataset
+            assert config.diffusion.schedule == toy.ROWS[row]["diffusion.schedule"]
+            # The SET_ROW name (the experiments' model_config) is the same config.
+            assert load(f"toy.py:{dataset}_{row}") == config
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, ROOT))
-def test_every_config_parses(path):
-    config = runpy.run_path(path)["get_config"]()
+@pytest.mark.parametrize("spec", CONFIG_SPECS)
+def test_every_config_parses(spec):
+    config = load_config(spec)
     experiment = parse(config, num_devices=1)
     assert experiment.training.num_steps > 0
     assert experiment.parameterization.prediction == config.diffusion.prediction
 
 
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_every_config_file_loads_from_anywhere(path, tmp_path, monkeypatch):
+    """Relative to the working directory, absolute, or relative to the repository root."""
+    config = load_config(path)
+    assert config.to_json_best_effort()
+    monkeypatch.chdir(tmp_path)
+    assert load_config(os.path.join(ROOT, path)) == config
+    assert load_config(path) == config
+
+
+def test_toy_config_argument():
+    assert load("toy.py") == load("toy.py:ring8,vp_sde") == load("toy.py:")
+    assert toy.DEFAULT == "ring8,vp_sde"
+    assert load("toy.py: two_moons , rf") == load("toy.py:two_moons,rf")
+    for bad in ("ring9,vp_sde", "ring8,vp", "ring8", "ring8,vp_sde,rf", "ring8_vp"):
+        with pytest.raises(ValueError) as err:
+            load(f"toy.py:{bad}")
+        message = str(err.value)
+        assert repr(bad) in message
+        for name in (*toy.DATASETS, *toy.ROWS):
+            assert repr(name) in message, (name, message)
+
+
+def flag_config(spec: str):
+    """What main's ``--config=SPEC`` gives (ml_collections' loader, own flag registry)."""
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", config_files.DEFAULT_CONFIG, "",
+                                    flag_values=flag_values)
+    flag_values(["main", f"--config={spec}"])
+    return flag_values.config
+
+
+def test_config_flags_pass_the_argument():
+    """main's --config: the text after ':' goes to get_config."""
+    config = flag_config(os.path.join(ROOT, "configs/toy.py:swiss_roll,ve_karras"))
+    assert config.is_locked  # --config's: no new keys
+    assert config.to_dict() == load("toy.py:swiss_roll,ve_karras").to_dict()
+    assert flag_config("configs/toy.py").to_dict() == load("toy.py:ring8,vp_sde").to_dict()
+    with pytest.raises(flags.IllegalFlagValueError,
+                       match=r"unknown toy config 'ring8,sde'.*'swiss_roll'"):
+        flag_config(os.path.join(ROOT, "configs/toy.py:ring8,sde"))
+
+
+def test_configs_are_a_package():
+    from configs import default
+    from configs.cifar10 import common as cifar10_common
+    from configs.digits import common as digits_common
+    from configs.mnist import common as mnist_common
+
+    assert default.get_config() == load("default.py")
+    assert digits_common.digits_config("rf") == load("digits/rf.py")
+    assert mnist_common.mnist_config("edm_ve") == load("mnist/edm_ve.py")
+    assert callable(cifar10_common.image_config)
+    assert config_files.DEFAULT_CONFIG == os.path.join(ROOT, "configs", "default.py")
+    # experiments/configs is a subpackage: the root above it is the repository's.
+    split = os.path.join(ROOT, "experiments", "configs", "split.py")
+    assert str(config_files.find_root(split)) == str(config_files.find_root()) == ROOT
+
+
+def test_configs_importable_from_another_directory(tmp_path):
+    """A fresh interpreter outside the checkout: main's call order, then load_config."""
+    script = textwrap.dedent(f"""
+        import sys
+        from absl import flags
+        from ml_collections import config_flags
+        from diffusion_lv import config_files
+        assert "configs" not in sys.modules
+        config_files.make_configs_importable()
+        config_flags.DEFINE_config_file("config", config_files.DEFAULT_CONFIG)
+        flags.FLAGS(["main"])
+        assert flags.FLAGS.config.data.name == "ring8"  # configs/default.py
+        flags.FLAGS(["main", "--config=" + {os.path.join(ROOT, "configs", "mnist", "rf.py")!r}])
+        config = flags.FLAGS.config
+        assert config_files.load_config("configs/toy.py:checkerboard,rf").data.name == (
+            "checkerboard")
+        print(config.data.name, config.diffusion.schedule)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["mnist", "rf"]
+
+
 def test_rows_override_the_base():
-    sde = parse(load("toy/ring8_vp_sde.py"), num_devices=1)
-    ode = parse(load("toy/ring8_vp_ode.py"), num_devices=1)
-    rf = parse(load("toy/two_moons_rf.py"), num_devices=1)
+    sde = parse(load("toy.py:ring8,vp_sde"), num_devices=1)
+    ode = parse(load("toy.py:ring8,vp_ode"), num_devices=1)
+    rf = parse(load("toy.py:two_moons,rf"), num_devices=1)
     assert sde.schedule.name == ode.schedule.name == "vp"
     assert sde.sampler.rate == 2.0 and ode.sampler.rate == 1.0
     assert sde.loss == ode.loss  # the same model and loss; only the sampler differs
@@ -97,7 +198,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("key,value,fragments", BAD_VALUES, ids=lambda v: str(v)[:30])
 def test_bad_values_name_the_key_value_and_choices(key, value, fragments):
-    config = load("toy/ring8_rf.py" if key == "diffusion.t_max" else "default.py")
+    config = load("toy.py:ring8,rf" if key == "diffusion.t_max" else "default.py")
     section, name = key.split(".")
     with config.unlocked():
         config[section][name] = value

@@ -1,9 +1,9 @@
 """scripts/sweep.py: points, workdirs, commands (quoting round-trips through a shell), launchers
 and the summary table."""
 
+import importlib.util
 import json
 import os
-import runpy
 import shlex
 import subprocess
 import sys
@@ -11,20 +11,22 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sweep = runpy.run_path(os.path.join(ROOT, "scripts", "sweep.py"), run_name="sweep")
-CONFIG = "configs/toy/ring8_rf.py"
+_spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "scripts", "sweep.py"))
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+CONFIG = "configs/toy.py:ring8,rf"
 
 
 def build(*args):
-    return sweep["build"](["--config=" + CONFIG, "--root=runs/s", *args])
+    return sweep.build(["--config=" + CONFIG, "--root=runs/s", *args])
 
 
 def test_split_values_keeps_brackets_and_quotes():
-    assert sweep["split_values"]("1e-3,3e-4") == ["1e-3", "3e-4"]
-    assert sweep["split_values"]("(0.99,0.999),(0.9,)") == ["(0.99,0.999)", "(0.9,)"]
-    assert sweep["split_values"]("'a,b',c") == ["'a,b'", "c"]
+    assert sweep.split_values("1e-3,3e-4") == ["1e-3", "3e-4"]
+    assert sweep.split_values("(0.99,0.999),(0.9,)") == ["(0.99,0.999)", "(0.9,)"]
+    assert sweep.split_values("'a,b',c") == ["'a,b'", "c"]
     with pytest.raises(ValueError, match="empty value"):
-        sweep["split_values"]("1,,2")
+        sweep.split_values("1,,2")
 
 
 def test_product_of_choices_one_workdir_and_command_each():
@@ -75,7 +77,7 @@ def test_tuple_and_space_values_survive_the_shell(tmp_path):
     # What --dry_run prints, run by a real shell, gives main exactly the planned argv.
     _, points = build("--config.training.ema_decays=(0.99,0.999)", "--env", "XLA_FLAGS=--a=1 --b",
                       "--config.data.name=it's")
-    line = sweep["shell_line"](points[0])
+    line = sweep.shell_line(points[0])
     echo = [sys.executable, "-c", "import json, os, sys; "
             "print(json.dumps([os.environ['XLA_FLAGS'], sys.argv[1:]]))"]
     script = line.replace(shlex.join(points[0]["argv"][:3]), shlex.join(echo), 1)
@@ -112,12 +114,12 @@ def test_tpu_command_runs_main_on_every_worker_with_its_environment():
         "--config.optimizer.learning_rate=1e-3",
     ]
     # The printed local line splits back into the same argv.
-    assert shlex.split(sweep["shell_line"](points[0])) == argv
+    assert shlex.split(sweep.shell_line(points[0])) == argv
 
 
 def test_dry_run_prints_every_command_and_creates_nothing(tmp_path, capsys):
     root = tmp_path / "sweep"
-    code = sweep["main"](["--config=" + CONFIG, f"--root={root}", "--config.seed=0,1",
+    code = sweep.main(["--config=" + CONFIG, f"--root={root}", "--config.seed=0,1",
                           "--dry_run"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and not root.exists()
@@ -127,7 +129,7 @@ def test_dry_run_prints_every_command_and_creates_nothing(tmp_path, capsys):
 
 def test_local_launch_parallel_and_collect(tmp_path, capsys):
     root = tmp_path / "sweep"
-    _, points = sweep["build"](["--config=" + CONFIG, f"--root={root}", "--config.seed=0,1,2"])
+    _, points = sweep.build(["--config=" + CONFIG, f"--root={root}", "--config.seed=0,1,2"])
     for i, point in enumerate(points):  # stand-in runs: write a metrics.json (one fails)
         metrics = {"step": 10, "swd": 0.01 * (i + 1), "swd_ratio": 1.5, "note": "a|b"}
         point["argv"] = [sys.executable, "-c", (
@@ -136,16 +138,16 @@ def test_local_launch_parallel_and_collect(tmp_path, capsys):
             f"'w')); sys.exit({int(i == 2)})"
         )]
     points[2]["argv"][-1] = points[2]["argv"][-1].replace("json.dump", "0 and json.dump")
-    codes = sweep["launch"](points, str(root), 2)
+    codes = sweep.launch(points, str(root), 2)
     assert codes == {points[0]["name"]: 0, points[1]["name"]: 0, points[2]["name"]: 1}
     assert (root / f"{points[1]['name']}.log").read_text() == "hello 1\n"
-    table = sweep["summary_table"](points).splitlines()
+    table = sweep.summary_table(points).splitlines()
     assert table[0] == "| point | seed | status | step | swd | swd_ratio |"
     assert table[2] == f"| {points[0]['name']} | 0 | done | 10 | 0.01 | 1.5 |"
     assert table[4] == f"| {points[2]['name']} | 2 | no metrics.json | - | - | - |"
-    assert sweep["summary_table"](points, ["note"]).splitlines()[2].endswith("| a\\|b |")
+    assert sweep.summary_table(points, ["note"]).splitlines()[2].endswith("| a\\|b |")
     # --collect prints the same table and writes ROOT/summary.md
-    assert sweep["main"](["--config=" + CONFIG, f"--root={root}", "--config.seed=0,1,2",
+    assert sweep.main(["--config=" + CONFIG, f"--root={root}", "--config.seed=0,1,2",
                           "--collect"]) == 0
     assert capsys.readouterr().out.splitlines() == table
     assert (root / "summary.md").read_text().splitlines() == table
@@ -155,11 +157,15 @@ def test_unknown_config_key_is_named_before_anything_runs():
     config = os.path.join(ROOT, CONFIG)
     with pytest.raises(ValueError, match=r"optimizer in .* has no key 'learning_rat'; valid keys: "
                                          r"\[.*'learning_rate'"):
-        sweep["build"]([f"--config={config}", "--root=r", "--config.optimizer.learning_rat=1e-3"])
+        sweep.build([f"--config={config}", "--root=r", "--config.optimizer.learning_rat=1e-3"])
     with pytest.raises(ValueError, match="training.num_steps in .* has no key 'x'; valid keys: "
                                          "none"):
-        sweep["build"]([f"--config={config}", "--root=r", "--set", "training.num_steps.x=1"])
-    assert sweep["main"]([f"--config={config}", "--root=r", "--config.trainig.seed=1",
+        sweep.build([f"--config={config}", "--root=r", "--set", "training.num_steps.x=1"])
+    assert sweep.main([f"--config={config}", "--root=r", "--config.trainig.seed=1",
                           "--dry_run"]) == 2
-    _, points = sweep["build"]([f"--config={config}", "--root=r", "--config.seed=0,1"])
+    _, points = sweep.build([f"--config={config}", "--root=r", "--config.seed=0,1"])
     assert len(points) == 2
+    # The text after ':' reaches get_config: a bad toy set is named before anything runs.
+    with pytest.raises(ValueError, match=r"unknown toy config 'ring9,rf'.*'ring8'"):
+        sweep.build([f"--config={config.replace('ring8', 'ring9')}", "--root=r"])
+    assert points[0]["argv"][3] == f"--config={config}"  # main gets the spec as given

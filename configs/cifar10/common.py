@@ -7,16 +7,13 @@ defaults of configs/default.py. Nothing here downloads: TFDS sets are prepared o
 (``tfds build cifar10 --file_format=array_record``, see docs/images.md).
 """
 
-import pathlib
-import runpy
-
 from ml_collections import config_dict
 
-_default = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "default.py"))
+from configs import default
 
 
 def image_config(*, data: dict, model: dict, **sections):
-    config = _default["get_config"]()
+    config = default.get_config()
     config.data = config_dict.ConfigDict(data)
     config.model = config_dict.ConfigDict({"name": "unet", **model})
     for section, values in sections.items():

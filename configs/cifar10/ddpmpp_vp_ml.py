@@ -19,16 +19,13 @@ Differences: the network sees EDM's c_noise = log(sigma_ve) / 4 instead of 999 t
 change of the time input); EDM's layout of DDPM++ (equivalent to the original, see unet.py).
 """
 
-import pathlib
-import runpy
-
-_common = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))
+from configs.cifar10 import common
 
 
 def get_config():
-    return _common["image_config"](
+    return common.image_config(
         data={"name": "cifar10", "random_flip": True, "dequantize": True, "num_threads": 8},
-        model=_common["score_sde_ddpmpp"](dropout=0.1),
+        model=common.score_sde_ddpmpp(dropout=0.1),
         diffusion={
             "schedule": "linear_vp",
             "t_min": 1e-5,
@@ -37,8 +34,8 @@ def get_config():
             "scale_input": False,  # DDPM++ sees x_t itself
         },
         loss={"weighting": "ml", "time_sampler": "log_snr", "importance_weighted": True},
-        optimizer=_common["SCORE_SDE_OPTIMIZER"],
-        training=_common["score_sde_training"](0.9999),
+        optimizer=common.SCORE_SDE_OPTIMIZER,
+        training=common.score_sde_training(0.9999),
         sampler={"name": "ode", "rtol": 1e-5, "atol": 1e-5},
         # Bits/dim of the first 1024 test images by the probability-flow ODE (ScoreFlow reports
         # the whole test set with 5 Hutchinson repeats: set 10000).

@@ -13,14 +13,11 @@ Design Space of Diffusion-Based Generative Models", unconditional CIFAR-10 (FID 
 Not reproduced: EDM's non-leaky geometric augmentation (p = 0.12) with augmentation labels.
 """
 
-import pathlib
-import runpy
-
-_common = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))
+from configs.cifar10 import common
 
 
 def get_config():
-    return _common["image_config"](
+    return common.image_config(
         data={"name": "cifar10", "random_flip": False, "dequantize": False, "num_threads": 8},
         model={
             "channels": 128,

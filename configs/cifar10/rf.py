@@ -9,16 +9,13 @@
   EMA 0.999999. Samples by the probability-flow ODE with RK45 (tolerances 1e-5).
 """
 
-import pathlib
-import runpy
-
-_common = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))
+from configs.cifar10 import common
 
 
 def get_config():
-    return _common["image_config"](
+    return common.image_config(
         data={"name": "cifar10", "random_flip": True, "dequantize": False, "num_threads": 8},
-        model=_common["score_sde_ddpmpp"](dropout=0.15),
+        model=common.score_sde_ddpmpp(dropout=0.15),
         diffusion={
             "schedule": "rf",
             "prediction": "velocity",
@@ -26,8 +23,8 @@ def get_config():
             "scale_input": False,  # the flow network sees x_s itself
         },
         loss={"weighting": "velocity", "time_sampler": "uniform", "importance_weighted": False},
-        optimizer=_common["SCORE_SDE_OPTIMIZER"],
-        training=_common["score_sde_training"](0.999999),
+        optimizer=common.SCORE_SDE_OPTIMIZER,
+        training=common.score_sde_training(0.999999),
         sampler={"name": "ode", "rtol": 1e-5, "atol": 1e-5},
         eval={"num_samples": 1024, "nll_examples": 0, "nll_divergence": "hutchinson"},
     )

@@ -8,11 +8,8 @@ row trains in minutes to recognisable digits. Quality is measured by the Frechet
 features of a small digits classifier against the train-vs-test floor (data/digits_features.py).
 """
 
-import pathlib
-import runpy
-
 # The image recipes' constructor: configs/default.py with whole sections replaced.
-_image = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "cifar10" / "common.py"))
+from configs.cifar10.common import image_config
 
 # Digits scaled to [-1, 1] have mean -0.39 and standard deviation 0.75 (the 1500 train images).
 SIGMA_DATA = 0.75
@@ -61,7 +58,7 @@ ROWS = {
 
 
 def digits_config(row: str):
-    config = _image["image_config"](
+    config = image_config(
         data={"name": "digits", "random_flip": False, "dequantize": False, "num_threads": 2},
         model={
             "channels": 32,

@@ -1,10 +1,7 @@
 """digits x rf (the paper's row on scikit-learn's 8x8 digits; see common.py)."""
 
-import pathlib
-import runpy
-
-_common = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))
+from configs.digits import common
 
 
 def get_config():
-    return _common["digits_config"]("rf")
+    return common.digits_config("rf")

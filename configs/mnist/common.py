@@ -8,10 +8,9 @@ optimiser keeps its settings (EDM's warm-up shortened), at batch 128 for 100k st
 digits are not mirror-symmetric.
 """
 
-import pathlib
-import runpy
+import importlib
 
-_image = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "cifar10" / "common.py"))
+from configs.cifar10.common import image_config
 
 MODEL = {
     "channels": 64,
@@ -53,13 +52,12 @@ ROWS = {
 
 def method_sections(row: str) -> dict:
     """The CIFAR-10 recipe's diffusion, loss and sampler sections (configs/cifar10/ROW.py)."""
-    recipe = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "cifar10" / f"{row}.py"))
-    config = recipe["get_config"]()
+    config = importlib.import_module(f"configs.cifar10.{row}").get_config()
     return {section: config[section].to_dict() for section in ("diffusion", "loss", "sampler")}
 
 
 def mnist_config(row: str, dataset: str = "mnist"):
-    return _image["image_config"](
+    return image_config(
         data={"name": dataset, "random_flip": False, "dequantize": row == "ddpmpp_vp_ml",
               "num_threads": 4},
         model=MODEL,

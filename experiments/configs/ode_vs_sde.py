@@ -10,10 +10,10 @@ def get_config(size: str = "default"):
     config.seed = 0
     # Seed i (seed + i) trains its own model and draws its own x_T, sampling noise and reference.
     config.num_seeds = 3
-    # The trained models: a ring8 toy config (configs/toy/<model_config>.py; ring8 has an exact
-    # density), trained for each number of updates in train_steps (2000 is the config's own
-    # length; 1000 a deliberately worse score). train_width overrides the MLP width (None: the
-    # config's).
+    # The trained models: a ring8 toy config (configs/toy.py:<model_config>, named SET_ROW;
+    # ring8 has an exact density), trained for each number of updates in train_steps (2000 is the
+    # config's own length; 1000 a deliberately worse score). train_width overrides the MLP width
+    # (None: the config's).
     config.model_config = "ring8_vp_sde"
     config.train_steps = (1000, 2000)
     config.train_width = config_dict.placeholder(int)

@@ -3,7 +3,7 @@
 digits, ML weighting, 2 seeds: 5.5 minutes measured on a 2-core CPU), ``...py:mixture`` or
 ``...py:digits`` (one data set), ``...py:full`` (both, at the size of an accelerator run).
 
-Each data set section overrides the library config it starts from (``configs/toy/common.py`` for
+Each data set section overrides the library config it starts from (``configs/toy.py`` for
 the mixture, ``configs/digits/common.py`` for the digits): its ``model``, ``training``,
 ``optimizer`` and ``sampler`` sub-sections replace those keys, e.g.
 ``--config.mixture.training.num_steps=3000``. ``nll`` sets the likelihood evaluation and

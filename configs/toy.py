@@ -1,15 +1,20 @@
-"""Shared by the toy configs: the paper's Table 7 rows as overrides of configs/default.py.
+"""Toy configs: the paper's Table 7 rows on the four 2-D sets, as overrides of configs/default.py.
 
+    python -m diffusion_lv.main --config=configs/toy.py:ring8,vp_sde --workdir=runs/ring8
+
+The text after ``:`` is ``SET,ROW``: a data set of ``DATASETS`` (ring8, checkerboard, two_moons,
+swiss_roll) and a row of ``ROWS`` (vp_sde, vp_ode, ve_karras, rf); ``SET_ROW`` (e.g.
+``ring8_vp_sde``) names the same config, and no argument (``configs/toy.py``) is ``ring8,vp_sde``.
 A toy config is ``toy_config(dataset, row)``: the base config with ``data.name`` set and the row's
 keys overridden. Rows pick schedule, network output, weighting, time sampler and sampler
 independently; the loss is always ``w(t) ||D - x0||^2`` (losses.py), written here in the output
 space the paper's Table 7 uses.
 """
 
-import pathlib
-import runpy
+from configs import default
 
-_default = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "default.py"))
+DATASETS = ("ring8", "checkerboard", "two_moons", "swiss_roll")
+DEFAULT = "ring8,vp_sde"
 
 ROWS = {
     # VP-SDE: score network trained by score matching E_t E||-eps/sigma - s_theta||^2 over
@@ -66,8 +71,40 @@ ROWS = {
 }
 
 
+# Every toy config by name, SET_ROW: ring8_vp_sde, ..., swiss_roll_rf.
+NAMES = tuple(f"{dataset}_{row}" for dataset in DATASETS for row in ROWS)
+
+
 def toy_config(dataset: str, row: str):
-    config = _default["get_config"]()
+    if dataset not in DATASETS or row not in ROWS:
+        raise ValueError(
+            f"unknown toy config {dataset!r}, {row!r}: valid data sets {list(DATASETS)}, "
+            f"valid rows {list(ROWS)}"
+        )
+    config = default.get_config()
     config.data.name = dataset
     config.update_from_flattened_dict(ROWS[row])
     return config
+
+
+def parse_arg(arg: str | None) -> tuple[str, str]:
+    """``'SET,ROW'`` or ``'SET_ROW'`` (None or empty: ``DEFAULT``) -> ``(SET, ROW)``."""
+    text = (arg or DEFAULT).strip()
+    if "," in text:
+        dataset, _, row = (part.strip() for part in text.partition(","))
+        if dataset in DATASETS and row in ROWS:
+            return dataset, row
+    else:
+        for dataset in DATASETS:
+            row = text.removeprefix(dataset + "_")
+            if row != text and row in ROWS:
+                return dataset, row
+    raise ValueError(
+        f"unknown toy config {arg!r}: give SET,ROW (e.g. --config=configs/toy.py:{DEFAULT}) "
+        f"with SET one of {list(DATASETS)} and ROW one of {list(ROWS)}"
+    )
+
+
+def get_config(arg: str | None = None):
+    """``configs/toy.py:SET,ROW``; without an argument ``configs/toy.py:ring8,vp_sde``."""
+    return toy_config(*parse_arg(arg))

@@ -1,0 +1,1 @@
+"""CIFAR-10 recipes (one file per published anchor); ``common`` builds image configs."""
