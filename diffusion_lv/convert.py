@@ -8,7 +8,7 @@ Predictions: the hub is the denoiser ``D(x, t) = E[x0 | x_t]``, which is the sam
 the canonical state ``z = x / alpha`` in every schedule. With ``eps = (x - alpha D) / sigma``:
 
 ==========  ====================================  =============================================
-kind        prediction from D                      D from prediction
+prediction  output from D                          D from output
 ==========  ====================================  =============================================
 x0          D                                      x0
 eps         (x - alpha D) / sigma                  (x - sigma eps) / alpha
@@ -40,9 +40,9 @@ PREDICTIONS = ("x0", "eps", "score", "velocity", "v", "edm")
 DEFAULT_SIGMA_DATA = 0.5
 
 
-def check_prediction(kind: str, what: str = "prediction") -> None:
-    if kind not in PREDICTIONS:
-        raise ValueError(f"unknown {what} {kind!r}; valid choices: {list(PREDICTIONS)}")
+def check_prediction(prediction: str, what: str = "prediction") -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown {what} {prediction!r}; valid choices: {list(PREDICTIONS)}")
 
 
 # -- states and times ---------------------------------------------------------------------
@@ -79,79 +79,84 @@ def edm_preconditioning(sigma_ve: Array, sigma_data: float = DEFAULT_SIGMA_DATA)
 
 
 def to_x0(
-    prediction: Array,
-    kind: str,
+    output: Array,
+    prediction: str,
     x: Array,
     t: Array,
     schedule: Schedule,
     sigma_data: float = DEFAULT_SIGMA_DATA,
 ) -> Array:
-    """The denoiser ``D = E[x0 | x_t]`` implied by a prediction of ``kind`` at ``(x, t)``."""
-    check_prediction(kind)
+    """The denoiser ``D = E[x0 | x_t]`` implied by an ``output`` of kind ``prediction`` at
+    ``(x, t)``."""
+    check_prediction(prediction)
     alpha, sigma, dalpha, dsigma = (
         expand_to(c, x) for c in schedule.alpha_sigma_derivatives(t)
     )
-    if kind == "x0":
-        return prediction
-    if kind == "eps":
-        return (x - sigma * prediction) / alpha
-    if kind == "score":
-        return (x + jnp.square(sigma) * prediction) / alpha
-    if kind == "velocity":
-        return (sigma * prediction - dsigma * x) / (sigma * dalpha - dsigma * alpha)
-    if kind == "v":
-        return (alpha * x - sigma * prediction) / (jnp.square(alpha) + jnp.square(sigma))
+    if prediction == "x0":
+        return output
+    if prediction == "eps":
+        return (x - sigma * output) / alpha
+    if prediction == "score":
+        return (x + jnp.square(sigma) * output) / alpha
+    if prediction == "velocity":
+        return (sigma * output - dsigma * x) / (sigma * dalpha - dsigma * alpha)
+    if prediction == "v":
+        return (alpha * x - sigma * output) / (jnp.square(alpha) + jnp.square(sigma))
     # edm
     c_skip, c_out, _, _ = edm_preconditioning(sigma / alpha, sigma_data)
-    return c_skip * (x / alpha) + c_out * prediction
+    return c_skip * (x / alpha) + c_out * output
 
 
 def from_x0(
     denoised: Array,
-    kind: str,
+    prediction: str,
     x: Array,
     t: Array,
     schedule: Schedule,
     sigma_data: float = DEFAULT_SIGMA_DATA,
 ) -> Array:
-    """The prediction of ``kind`` at ``(x, t)`` implied by the denoiser output ``denoised``."""
-    check_prediction(kind)
+    """The output of kind ``prediction`` at ``(x, t)`` implied by the denoiser output
+    ``denoised``."""
+    check_prediction(prediction)
     alpha, sigma, dalpha, dsigma = (
         expand_to(c, x) for c in schedule.alpha_sigma_derivatives(t)
     )
-    if kind == "x0":
+    if prediction == "x0":
         return denoised
     eps = (x - alpha * denoised) / sigma
-    if kind == "eps":
+    if prediction == "eps":
         return eps
-    if kind == "score":
+    if prediction == "score":
         return -eps / sigma
-    if kind == "velocity":
+    if prediction == "velocity":
         return dalpha * denoised + dsigma * eps
-    if kind == "v":
+    if prediction == "v":
         return alpha * eps - sigma * denoised
     c_skip, c_out, _, _ = edm_preconditioning(sigma / alpha, sigma_data)
     return (denoised - c_skip * (x / alpha)) / c_out
 
 
 def convert_prediction(
-    prediction: Array,
-    source_kind: str,
-    target_kind: str,
+    output: Array,
+    source_prediction: str,
+    target_prediction: str,
     x: Array,
     t: Array,
     schedule: Schedule,
     target_schedule: Schedule | None = None,
     sigma_data: float = DEFAULT_SIGMA_DATA,
 ) -> tuple[Array, Array, Array]:
-    """Convert a prediction at ``(x, t)`` of ``schedule`` to ``target_kind`` in ``target_schedule``.
+    """Convert an ``output`` at ``(x, t)`` of ``schedule`` to ``target_prediction`` in
+    ``target_schedule``.
 
-    Returns ``(prediction', x', t')``: the converted prediction and the state and time it refers to.
+    Returns ``(output', x', t')``: the converted output and the state and time it refers to.
     """
-    denoised = to_x0(prediction, source_kind, x, t, schedule, sigma_data)
+    denoised = to_x0(output, source_prediction, x, t, schedule, sigma_data)
     target_schedule = schedule if target_schedule is None else target_schedule
     x_target, t_target = convert_state(x, t, schedule, target_schedule)
-    converted = from_x0(denoised, target_kind, x_target, t_target, target_schedule, sigma_data)
+    converted = from_x0(
+        denoised, target_prediction, x_target, t_target, target_schedule, sigma_data
+    )
     return converted, x_target, t_target
 
 
@@ -161,25 +166,26 @@ ModelFn = Callable[[Array, Array], Array]
 
 
 def as_denoiser(
-    model_fn: ModelFn, kind: str, schedule: Schedule, sigma_data: float = DEFAULT_SIGMA_DATA
+    model_fn: ModelFn, prediction: str, schedule: Schedule, sigma_data: float = DEFAULT_SIGMA_DATA
 ) -> ModelFn:
-    """``D(x, t)`` in the model's own schedule from a network with native output ``kind``."""
-    check_prediction(kind)
+    """``D(x, t)`` in the model's own schedule from a network with native output
+    ``prediction``."""
+    check_prediction(prediction)
 
     def denoiser(x, t):
-        return to_x0(model_fn(x, t), kind, x, t, schedule, sigma_data)
+        return to_x0(model_fn(x, t), prediction, x, t, schedule, sigma_data)
 
     return denoiser
 
 
 def as_ve_denoiser(
-    model_fn: ModelFn, kind: str, schedule: Schedule, sigma_data: float = DEFAULT_SIGMA_DATA
+    model_fn: ModelFn, prediction: str, schedule: Schedule, sigma_data: float = DEFAULT_SIGMA_DATA
 ) -> ModelFn:
     """``D(z, sigma_ve)`` in canonical VE coordinates: the one signature every sampler sees.
 
     The model is evaluated in its own schedule at the time with the same ``sigma_ve``.
     """
-    denoiser = as_denoiser(model_fn, kind, schedule, sigma_data)
+    denoiser = as_denoiser(model_fn, prediction, schedule, sigma_data)
 
     def ve_denoiser(z, sigma_ve):
         t = schedule.t_from_sigma_ve(sigma_ve)
@@ -190,18 +196,17 @@ def as_ve_denoiser(
 
 
 def as_model(
-    ve_denoiser: ModelFn, kind: str, schedule: Schedule, sigma_data: float = DEFAULT_SIGMA_DATA
+    ve_denoiser: ModelFn,
+    prediction: str,
+    schedule: Schedule,
+    sigma_data: float = DEFAULT_SIGMA_DATA,
 ) -> ModelFn:
-    """The inverse of ``as_ve_denoiser``: a native-output model ``(x, t) -> prediction``."""
-    check_prediction(kind)
+    """The inverse of ``as_ve_denoiser``: a model ``(x, t) -> native output``."""
+    check_prediction(prediction)
 
     def model_fn(x, t):
         alpha = expand_to(schedule.alpha(t), x)
         denoised = ve_denoiser(x / alpha, schedule.sigma_ve(t))
-        return from_x0(denoised, kind, x, t, schedule, sigma_data)
+        return from_x0(denoised, prediction, x, t, schedule, sigma_data)
 
     return model_fn
-
-
-def score_from_denoiser(denoised: Array, x: Array, t: Array, schedule: Schedule) -> Array:
-    return from_x0(denoised, "score", x, t, schedule)

@@ -11,6 +11,11 @@ forward SDE ``dx = f x dt + g dW`` and a rate ``c >= 1`` (``eta^2 = c - 1``)::
 so one forward step followed by one reverse step is one Langevin step. ``c = 1`` gives the
 probability-flow ODE, ``c = 2`` the reverse SDE, ``c > 2`` extra Langevin "churn".
 
+The reverse split is written twice. The score form (``reverse_split_drift``,
+``reverse_split_step``) is the paper's specification; ``reverse_drift_from_denoiser`` is the same
+drift written through the denoiser ``D = E[x0 | x_t]``, the form the samplers integrate (it stays
+finite where ``f`` diverges). tests/test_langevin.py checks that the two agree.
+
 Score functions are ``score_fn(x, t)`` in the schedule's own coordinates; ``t`` is a scalar or has
 shape ``(batch,)``. Everything here is a pure, jit-able function of arrays and a PRNG key.
 """
@@ -154,7 +159,7 @@ def reverse_drift_from_denoiser(
     drift = dalpha * denoised + dsigma * eps
     if is_one(c):
         return drift
-    g2 = 2.0 * sigma * (dsigma - dalpha / alpha * sigma)
+    g2 = expand_to(schedule.g2(t), x)
     return drift + 0.5 * (c - 1.0) * g2 / sigma * eps
 
 

@@ -15,9 +15,10 @@ with ``D = E[x0 | z]`` the model's denoiser (any native prediction, converted by
 It is solved in the variance-preserving form of that one process: time
 ``tau = log(1 + sigma_ve^2 / sigma_data^2)`` and state ``y = z / sqrt(sigma_ve^2 + sigma_data^2)``
 (for ``sigma_data = 1`` exactly the VP schedule's ``t`` and ``x``), whichever schedule the model
-lives in. ``y`` stays of order one at every noise level (``z`` grows like ``sigma_ve``), and an
-adaptive solver needed about 30% fewer evaluations in ``tau`` than in ``lam`` for the same error
-on the oracle. Integrating from ``t_min`` to ``t_max``::
+lives in; ``sigma_data`` is the model's own (any positive value is exact). ``y`` stays of order
+one at every noise level (``z`` grows like ``sigma_ve``), and an adaptive solver needed about 30%
+fewer evaluations in ``tau`` than in ``lam`` for the same error on the oracle. Integrating from
+``t_min`` to ``t_max``::
 
     log p_{t_min}(x) = log prior(x_T) + int (d - tr dD/dz) dlam + d log(alpha(t_max)/alpha(t_min))
 
@@ -50,8 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv import convert
-from diffusion_lv.schedules import Schedule
+from diffusion_lv import checks
+from diffusion_lv.parameterization import Parameterization
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array, Array], Array]  # (params, x, t) -> native prediction
@@ -73,9 +74,9 @@ class LikelihoodConfig:
     ``error_norm="max"`` makes every example meet ``rtol``/``atol`` (the step size follows the
     hardest one); ``"rms"`` is the root mean square over the whole batch, as a host solver of the
     flattened state (scipy ``solve_ivp``) does: cheaper, but one example may exceed the tolerance.
-    ``num_levels=None`` means continuous data (no dequantisation, no offset). ``sigma_data`` is
-    the data's standard deviation: EDM's preconditioning reads it (it must be the model's own for
-    ``edm`` outputs) and it sets the solver's coordinates (any positive value is exact).
+    ``num_levels=None`` means continuous data (no dequantisation, no offset). What the network
+    outputs, its schedule and ``sigma_data`` are the model's (``make_likelihood_fn``'s
+    :class:`Parameterization`), not settings of the solver.
     """
 
     divergence: str = "exact"
@@ -88,32 +89,22 @@ class LikelihoodConfig:
     max_steps: int = 4096
     num_levels: int | None = None
     data_range: tuple[float, float] = (-1.0, 1.0)
-    sigma_data: float = convert.DEFAULT_SIGMA_DATA
 
     def __post_init__(self):
-        for name, value, choices in (
-            ("divergence", self.divergence, DIVERGENCES),
-            ("probe", self.probe, PROBES),
-            ("solver", self.solver, tuple(SOLVERS)),
-            ("error_norm", self.error_norm, ERROR_NORMS),
-        ):
-            if value not in choices:
-                raise ValueError(f"unknown {name} {value!r}; valid choices: {list(choices)}")
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and value > 0):
-                raise ValueError(f"{name}={value!r} must be a positive number")
-        if not (isinstance(self.num_probes, int) and self.num_probes >= 1):
-            raise ValueError(f"num_probes={self.num_probes!r} must be an integer >= 1")
-        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ValueError(f"max_steps={self.max_steps!r} must be an integer >= 1")
-        if self.num_levels is not None and not (
-            isinstance(self.num_levels, int) and self.num_levels >= 2
-        ):
-            raise ValueError(f"num_levels={self.num_levels!r} must be None or an integer >= 2")
+        checks.choice("divergence", self.divergence, DIVERGENCES)
+        checks.number("num_probes", self.num_probes, lo=1, integer=True)
+        checks.choice("probe", self.probe, PROBES)
+        checks.choice("solver", self.solver, SOLVERS)
+        checks.number("rtol", self.rtol, lo=0.0, lo_open=True)
+        checks.number("atol", self.atol, lo=0.0, lo_open=True)
+        checks.choice("error_norm", self.error_norm, ERROR_NORMS)
+        checks.number("max_steps", self.max_steps, lo=1, integer=True)
+        checks.number("num_levels", self.num_levels, lo=2, integer=True, optional=True)
         low, high = self.data_range
         if not low < high:
-            raise ValueError(f"data_range={self.data_range!r} must be (low, high) with low < high")
+            raise ValueError(
+                f"data_range={self.data_range!r} is not valid; valid: (low, high) with low < high"
+            )
 
 
 class LikelihoodResult(NamedTuple):
@@ -169,14 +160,15 @@ def _trace_of_jacobian(jvp_fn, z: Array, probes: Array | None) -> Array:
 
 
 def probability_flow_with_divergence(
-    ve_denoiser, tau: Array, y: Array, probes: Array | None = None, sigma_data: float = 0.5
+    ve_denoiser, tau: Array, y: Array, probes: Array | None, sigma_data: float
 ) -> tuple[Array, Array]:
     """The probability-flow ODE in the solver's coordinates ``(tau, y)`` (module docstring).
 
     Returns ``(dy/dtau, rate)`` where ``rate = (d - tr dD/dz) dlam/dtau`` is the divergence of the
     canonical flow per unit of ``tau``: ``d log p(z(tau)) / dtau = -rate``. ``ve_denoiser(z,
     sigma_ve)`` is ``D`` in canonical coordinates; ``probes`` of shape ``(num_probes, *y.shape)``
-    give Hutchinson's estimate of the trace, None the exact trace.
+    give Hutchinson's estimate of the trace, None the exact trace; ``sigma_data`` sets the
+    coordinates (the model's own).
     """
     sigma2 = sigma_data**2 * jnp.expm1(tau)  # sigma_ve^2
     total = sigma2 + sigma_data**2
@@ -190,7 +182,7 @@ def probability_flow_with_divergence(
     return dy, (math.prod(y.shape[1:]) - trace) * dlam_dtau
 
 
-def solver_time(sigma_ve: Array, sigma_data: float = 0.5) -> Array:
+def solver_time(sigma_ve: Array, sigma_data: float) -> Array:
     """``tau = log(1 + sigma_ve^2 / sigma_data^2)``, the variable the ODE is solved in."""
     return jnp.log1p(jnp.square(sigma_ve / sigma_data))
 
@@ -219,19 +211,22 @@ def _rms(scaled_error) -> Array:
 
 def make_likelihood_fn(
     apply_fn: ApplyFn,
-    kind: str,
-    schedule: Schedule,
+    model: Parameterization,
     config: LikelihoodConfig = LikelihoodConfig(),  # noqa: B008 (frozen, hashable)
 ) -> Callable[[Any, Array, Array | None], LikelihoodResult]:
     """A jitted ``fn(params, x, key=None) -> LikelihoodResult`` for a network with native output.
 
-    ``apply_fn(params, x, t)`` is the network in ``schedule``'s coordinates returning a prediction
-    of ``kind`` (x0, eps, score, velocity, v, edm); ``x`` is data of shape ``(batch, ...)``;
-    ``key`` draws Hutchinson probes and dequantisation noise and may be None when neither is used.
+    ``apply_fn(params, x, t)`` is the network in ``model.schedule``'s coordinates returning its
+    native output ``model.prediction`` (``model.model_apply(network.apply)`` for a Flax network);
+    ``model.sigma_data`` is read by EDM's preconditioning and sets the solver's coordinates.
+    ``x`` is data of shape ``(batch, ...)``; ``key`` draws Hutchinson probes and dequantisation
+    noise and may be None when neither is used.
     """
-    convert.check_prediction(kind)
+    if not isinstance(model, Parameterization):
+        raise ValueError(f"model must be a Parameterization, got {type(model).__name__}")
     if not isinstance(config, LikelihoodConfig):
         raise ValueError(f"config must be a LikelihoodConfig, got {type(config).__name__}")
+    schedule, sigma_data = model.schedule, model.sigma_data
     needs_key = config.divergence == "hutchinson" or config.num_levels is not None
     solver_cls, evals_per_step, evals_at_start = SOLVERS[config.solver]
     norm = _max_example_rms if config.error_norm == "max" else _rms
@@ -251,13 +246,10 @@ def make_likelihood_fn(
         if config.divergence == "hutchinson":
             probes = _draw_probes(key, config, x.shape, x.dtype)
 
-        model_fn = lambda x_, t_: apply_fn(params, x_, t_)
-        denoiser = convert.as_ve_denoiser(model_fn, kind, schedule, config.sigma_data)
+        denoiser = model.ve_denoiser(lambda x_, t_: apply_fn(params, x_, t_))
 
         def vector_field(tau, state, _):
-            return probability_flow_with_divergence(
-                denoiser, tau, state[0], probes, config.sigma_data
-            )
+            return probability_flow_with_divergence(denoiser, tau, state[0], probes, sigma_data)
 
         t_min = jnp.asarray(schedule.t_min, x.dtype)
         t_max = jnp.asarray(schedule.t_max, x.dtype)
@@ -265,14 +257,14 @@ def make_likelihood_fn(
         sigma_min, sigma_max = schedule.sigma_ve(t_min), schedule.sigma_ve(t_max)
         # y = z / sqrt(sigma_ve^2 + sigma_data^2) = x / (alpha sqrt(...)) at both ends.
         to_y_min, to_y_max = (
-            jax.lax.rsqrt(jnp.square(s) + config.sigma_data**2) / a
+            jax.lax.rsqrt(jnp.square(s) + sigma_data**2) / a
             for s, a in ((sigma_min, alpha_min), (sigma_max, alpha_max))
         )
         solution = diffrax.diffeqsolve(
             diffrax.ODETerm(vector_field),
             solver_cls(),
-            t0=solver_time(sigma_min, config.sigma_data),
-            t1=solver_time(sigma_max, config.sigma_data),
+            t0=solver_time(sigma_min, sigma_data),
+            t1=solver_time(sigma_max, sigma_data),
             dt0=None,
             y0=(x * to_y_min, jnp.zeros((batch,), x.dtype)),
             stepsize_controller=diffrax.PIDController(

@@ -1,8 +1,9 @@
 """One loss for every parameterisation: ``w(t) * ||D_theta(x_t, t) - x0||^2``.
 
 The network's native output (score, eps, x0, velocity, v, edm) is converted to the denoiser
-``D_theta`` (convert.py); a *weighting* says how much each noise level counts and a *time
-sampler* says where to spend samples. The two are separate choices:
+``D_theta`` (convert.py) as the model (a :class:`Parameterization`: schedule, prediction,
+sigma_data) says; a *weighting* says how much each noise level counts and a *time sampler* says
+where to spend samples (:class:`LossConfig` holds these two). They are separate choices:
 
 * The objective is ``J = E_{t ~ U[t_min, t_max]} E ||...||^2 w(t)``, an integral over the
   schedule's time. A time sampler with density ``q(t)`` is an importance proposal: each term is
@@ -24,12 +25,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
-from diffusion_lv import convert
+from diffusion_lv import checks, convert
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.schedules import Schedule, expand_to
 
 Array = jax.Array
@@ -89,19 +92,106 @@ WEIGHTINGS: dict[str, Callable] = {
     "min_snr": weight_min_snr,
 }
 
-# The weighting under which each native output's plain MSE is the loss.
-NATIVE_WEIGHTING = {
-    "x0": "x0", "eps": "eps", "score": "score", "velocity": "velocity", "v": "v", "edm": "edm"
-}
 
-
-def weighting(name: str, schedule: Schedule, t, sigma_data: float = 0.5) -> Array:
-    if name not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {name!r}; valid choices: {sorted(WEIGHTINGS)}")
+def weighting(name: str, schedule: Schedule, t, sigma_data: float) -> Array:
+    """``w(t)`` of the weighting ``name``; ``sigma_data`` is read by ``edm`` only."""
+    checks.choice("weighting", name, WEIGHTINGS)
     return WEIGHTINGS[name](schedule, t, sigma_data)
 
 
 # -- time samplers ---------------------------------------------------------------------
+# Each proposal is a pair of functions of ``(sampler, ., model)``: ``inverse_cdf`` maps
+# ``u ~ U[0, 1)`` to times in ``[t_min, t_max]`` and ``density`` is its normalised ``q(t)``.
+# Keeping the pair in one registry entry keeps the two in step.
+
+
+def _log_snr_ends(schedule: Schedule):
+    """``(lambda(t_max), lambda(t_min))``: the log-SNR range, low end first."""
+    return schedule.log_snr(schedule.t_max), schedule.log_snr(schedule.t_min)
+
+
+def _dlam_dt(schedule: Schedule, t) -> Array:
+    """``|d lambda / dt| = g^2 / sigma^2``, for every schedule."""
+    return schedule.g2(t) / jnp.square(schedule.sigma(t))
+
+
+def _uniform_times(sampler, u, model):
+    t_lo, t_hi = model.schedule.t_min, model.schedule.t_max
+    return t_lo + (t_hi - t_lo) * u
+
+
+def _uniform_density(sampler, t, model):
+    t_lo, t_hi = model.schedule.t_min, model.schedule.t_max
+    return jnp.full_like(jnp.asarray(t, dtype=jnp.result_type(float)), 1.0 / (t_hi - t_lo))
+
+
+def _log_snr_times(sampler, u, model):
+    lam_lo, lam_hi = _log_snr_ends(model.schedule)
+    return model.schedule.t_from_log_snr(lam_lo + (lam_hi - lam_lo) * u)
+
+
+def _log_snr_density(sampler, t, model):
+    lam_lo, lam_hi = _log_snr_ends(model.schedule)
+    return _dlam_dt(model.schedule, t) / (lam_hi - lam_lo)
+
+
+def _lognormal_bounds(sampler, schedule: Schedule):
+    """Normal CDF values of the domain's ends (the normal is truncated to the domain)."""
+    log_lo = jnp.log(schedule.sigma_ve(schedule.t_min))
+    log_hi = jnp.log(schedule.sigma_ve(schedule.t_max))
+    return (
+        ndtr((log_lo - sampler.p_mean) / sampler.p_std),
+        ndtr((log_hi - sampler.p_mean) / sampler.p_std),
+    )
+
+
+def _lognormal_times(sampler, u, model):
+    schedule = model.schedule
+    a, b = _lognormal_bounds(sampler, schedule)
+    z = ndtri(a + (b - a) * u)
+    sigma_ve = jnp.exp(sampler.p_mean + sampler.p_std * z)
+    return jnp.clip(schedule.t_from_sigma_ve(sigma_ve), schedule.t_min, schedule.t_max)
+
+
+def _lognormal_density(sampler, t, model):
+    schedule = model.schedule
+    a, b = _lognormal_bounds(sampler, schedule)
+    log_s = 0.5 * (-schedule.log_snr(t))
+    z = (log_s - sampler.p_mean) / sampler.p_std
+    pdf = jnp.exp(-0.5 * z**2) / (sampler.p_std * math.sqrt(2 * math.pi))
+    return pdf * 0.5 * _dlam_dt(schedule, t) / (b - a)
+
+
+def _ml_importance_cdf_ends(model):
+    """``c = -2 log sigma_data`` and the CDF's ends ``log(e^lambda + e^c)`` over the domain."""
+    c = -2.0 * math.log(model.sigma_data)
+    lam_lo, lam_hi = _log_snr_ends(model.schedule)
+    return c, jnp.logaddexp(lam_lo, c), jnp.logaddexp(lam_hi, c)
+
+
+def _ml_importance_times(sampler, u, model):
+    c, f_lo, f_hi = _ml_importance_cdf_ends(model)
+    f = f_lo + (f_hi - f_lo) * u
+    return model.schedule.t_from_log_snr(f + jnp.log(-jnp.expm1(c - f)))
+
+
+def _ml_importance_density(sampler, t, model):
+    schedule = model.schedule
+    c, f_lo, f_hi = _ml_importance_cdf_ends(model)
+    return _dlam_dt(schedule, t) * jax.nn.sigmoid(schedule.log_snr(t) - c) / (f_hi - f_lo)
+
+
+class Proposal(NamedTuple):
+    inverse_cdf: Callable  # (sampler, u, model) -> t
+    density: Callable  # (sampler, t, model) -> q(t)
+
+
+TIME_SAMPLERS: dict[str, Proposal] = {
+    "uniform": Proposal(_uniform_times, _uniform_density),
+    "log_snr": Proposal(_log_snr_times, _log_snr_density),
+    "lognormal": Proposal(_lognormal_times, _lognormal_density),
+    "ml_importance": Proposal(_ml_importance_times, _ml_importance_density),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,68 +204,26 @@ class TimeSampler:
     (sigma_data^2 + sigma_ve^2)`` is the error of the optimal denoiser for Gaussian data of
     standard deviation ``sigma_data``: the zero-variance proposal for the ML loss on such data;
     its CDF in log-SNR is ``log(e^lambda + 1/sigma_data^2)``, inverted in closed form).
+    The schedule and ``sigma_data`` are the model's (a :class:`Parameterization`).
     """
 
     name: str = "uniform"
     p_mean: float = -1.2
     p_std: float = 1.2
-    sigma_data: float = 0.5
 
     def __post_init__(self):
-        if self.name not in TIME_SAMPLERS:
-            raise ValueError(
-                f"unknown time sampler {self.name!r}; valid choices: {list(TIME_SAMPLERS)}"
-            )
+        checks.choice("name", self.name, TIME_SAMPLERS)
+        checks.number("p_mean", self.p_mean)
+        checks.number("p_std", self.p_std, lo=0.0, lo_open=True)
 
-    def sample(self, key: Array, n: int, schedule: Schedule) -> Array:
+    def sample(self, key: Array, n: int, model: Parameterization) -> Array:
+        """``n`` times drawn from ``q``."""
         u = jax.random.uniform(key, (n,), dtype=jnp.result_type(float))
-        t_lo, t_hi = schedule.t_min, schedule.t_max
-        if self.name == "uniform":
-            return t_lo + (t_hi - t_lo) * u
-        lam_hi, lam_lo = schedule.log_snr(t_lo), schedule.log_snr(t_hi)
-        if self.name == "log_snr":
-            return schedule.t_from_log_snr(lam_lo + (lam_hi - lam_lo) * u)
-        if self.name == "lognormal":
-            a, b = self._lognormal_bounds(schedule)
-            z = ndtri(a + (b - a) * u)
-            return jnp.clip(
-                schedule.t_from_sigma_ve(jnp.exp(self.p_mean + self.p_std * z)), t_lo, t_hi
-            )
-        # ml_importance
-        c = -2.0 * math.log(self.sigma_data)
-        f_lo, f_hi = jnp.logaddexp(lam_lo, c), jnp.logaddexp(lam_hi, c)
-        f = f_lo + (f_hi - f_lo) * u
-        lam = f + jnp.log(-jnp.expm1(c - f))
-        return schedule.t_from_log_snr(lam)
+        return TIME_SAMPLERS[self.name].inverse_cdf(self, u, model)
 
-    def density(self, t: Array, schedule: Schedule) -> Array:
+    def density(self, t: Array, model: Parameterization) -> Array:
         """``q(t)`` on ``[t_min, t_max]`` (normalised)."""
-        t_lo, t_hi = schedule.t_min, schedule.t_max
-        if self.name == "uniform":
-            return jnp.full_like(jnp.asarray(t, dtype=jnp.result_type(float)), 1.0 / (t_hi - t_lo))
-        # |d lambda / dt| = g^2 / sigma^2 for every schedule.
-        dlam_dt = schedule.g2(t) / jnp.square(schedule.sigma(t))
-        lam_hi, lam_lo = schedule.log_snr(t_lo), schedule.log_snr(t_hi)
-        if self.name == "log_snr":
-            return dlam_dt / (lam_hi - lam_lo)
-        if self.name == "lognormal":
-            a, b = self._lognormal_bounds(schedule)
-            log_s = 0.5 * (-schedule.log_snr(t))
-            z = (log_s - self.p_mean) / self.p_std
-            pdf = jnp.exp(-0.5 * z**2) / (self.p_std * math.sqrt(2 * math.pi))
-            return pdf * 0.5 * dlam_dt / (b - a)
-        c = -2.0 * math.log(self.sigma_data)
-        f_lo, f_hi = jnp.logaddexp(lam_lo, c), jnp.logaddexp(lam_hi, c)
-        return dlam_dt * jax.nn.sigmoid(schedule.log_snr(t) - c) / (f_hi - f_lo)
-
-    def _lognormal_bounds(self, schedule: Schedule):
-        """Normal CDF values of the domain's ends (the normal is truncated to the domain)."""
-        log_lo = jnp.log(schedule.sigma_ve(schedule.t_min))
-        log_hi = jnp.log(schedule.sigma_ve(schedule.t_max))
-        return ndtr((log_lo - self.p_mean) / self.p_std), ndtr((log_hi - self.p_mean) / self.p_std)
-
-
-TIME_SAMPLERS = ("uniform", "log_snr", "lognormal", "ml_importance")
+        return TIME_SAMPLERS[self.name].density(self, t, model)
 
 
 # -- the loss --------------------------------------------------------------------------
@@ -183,20 +231,18 @@ TIME_SAMPLERS = ("uniform", "log_snr", "lognormal", "ml_importance")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Everything that defines a training objective, independent of the network."""
+    """The training objective's weighting and time sampling; what the network outputs and the
+    schedule it lives in are the model's (a :class:`Parameterization`)."""
 
-    prediction: str = "eps"
     weighting: str = "ml"
     time_sampler: TimeSampler = TimeSampler()
     importance_weighted: bool = True
-    sigma_data: float = 0.5
 
     def __post_init__(self):
-        convert.check_prediction(self.prediction, "prediction (network output)")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"unknown weighting {self.weighting!r}; valid choices: {sorted(WEIGHTINGS)}"
-            )
+        checks.choice("weighting", self.weighting, WEIGHTINGS)
+        if not isinstance(self.time_sampler, TimeSampler):
+            raise ValueError(f"time_sampler={self.time_sampler!r} is not valid; valid: a "
+                             "TimeSampler")
 
 
 def squared_error(denoised: Array, x0: Array) -> Array:
@@ -204,21 +250,22 @@ def squared_error(denoised: Array, x0: Array) -> Array:
     return jnp.mean(jnp.square(denoised - x0).reshape(x0.shape[0], -1), axis=-1)
 
 
-def loss_weight(config: LossConfig, schedule: Schedule, t: Array) -> Array:
+def loss_weight(config: LossConfig, model: Parameterization, t: Array) -> Array:
     """``w(t)``, times the importance weight ``u(t)/q(t)`` when the config asks for it."""
-    w = weighting(config.weighting, schedule, t, config.sigma_data)
+    schedule = model.schedule
+    w = weighting(config.weighting, schedule, t, model.sigma_data)
     if config.importance_weighted:
         uniform = 1.0 / (schedule.t_max - schedule.t_min)
-        w = w * uniform / config.time_sampler.density(t, schedule)
+        w = w * uniform / config.time_sampler.density(t, model)
     return w
 
 
 def draw_times_and_noise(
-    key: Array, x0: Array, schedule: Schedule, config: LossConfig
+    key: Array, x0: Array, model: Parameterization, config: LossConfig
 ) -> tuple[Array, Array]:
     """The loss's random draws for a batch: times from the time sampler and Gaussian noise."""
     key_t, key_eps = jax.random.split(key)
-    t = config.time_sampler.sample(key_t, x0.shape[0], schedule).astype(x0.dtype)
+    t = config.time_sampler.sample(key_t, x0.shape[0], model).astype(x0.dtype)
     return t, jax.random.normal(key_eps, x0.shape, x0.dtype)
 
 
@@ -227,30 +274,32 @@ def loss_at(
     x0: Array,
     t: Array,
     eps: Array,
-    schedule: Schedule,
+    model: Parameterization,
     config: LossConfig,
 ) -> Array:
     """Per-example ``w(t) ||D_theta(x_t, t) - x0||^2 / d`` at given times and noise."""
+    schedule = model.schedule
     x_t = perturb(x0, eps, t, schedule)
     denoised = convert.to_x0(
-        model_fn(x_t, t), config.prediction, x_t, t, schedule, config.sigma_data
+        model_fn(x_t, t), model.prediction, x_t, t, schedule, model.sigma_data
     )
-    return loss_weight(config, schedule, t) * squared_error(denoised, x0)
+    return loss_weight(config, model, t) * squared_error(denoised, x0)
 
 
 def diffusion_loss(
     model_fn: Callable[[Array, Array], Array],
     x0: Array,
     key: Array,
-    schedule: Schedule,
+    model: Parameterization,
     config: LossConfig,
 ) -> tuple[Array, Array]:
     """Per-example losses and the times drawn: ``w(t) ||D_theta(x_t, t) - x0||^2 / d``.
 
-    ``model_fn(x_t, t)`` returns the network's native output (``config.prediction``).
+    ``model_fn(x_t, t)`` returns the network's native output (``model.prediction``) in
+    ``model.schedule``'s coordinates.
     """
-    t, eps = draw_times_and_noise(key, x0, schedule, config)
-    return loss_at(model_fn, x0, t, eps, schedule, config), t
+    t, eps = draw_times_and_noise(key, x0, model, config)
+    return loss_at(model_fn, x0, t, eps, model, config), t
 
 
 def perturb(x0: Array, eps: Array, t: Array, schedule: Schedule) -> Array:

@@ -6,7 +6,7 @@ Everything (``log p_t``, score, denoiser ``E[x0 | x_t]``, eps, velocity) follows
 Each covariance is stored by its eigendecomposition ``C_k = U_k diag(lam_k) U_k^T`` so that
 ``C_k + s^2 I`` is inverted at any ``s`` for the price of a diagonal.
 
-``GaussianMixture.model_fn(schedule, kind)`` has the call signature of a trained network
+``GaussianMixture.model_fn(schedule, prediction)`` has the call signature of a trained network
 ``(x, t) -> native prediction``, so samplers, losses and likelihoods are tested against truth.
 Data are flattened: ``x`` has shape ``(batch, dim)``.
 """
@@ -157,20 +157,23 @@ class GaussianMixture:
         alpha = expand_to(schedule.alpha(jnp.asarray(t)), x)
         return self.score_ve(x / alpha, schedule.sigma_ve(t)) / alpha
 
-    def predict(self, x: Array, t, schedule: Schedule, kind: str, sigma_data=None) -> Array:
-        """The exact prediction of ``kind`` (x0, eps, score, velocity, v, edm) at ``(x, t)``."""
+    def predict(self, x: Array, t, schedule: Schedule, prediction: str, sigma_data=None) -> Array:
+        """The exact output of kind ``prediction`` (x0, eps, score, velocity, v, edm) at
+        ``(x, t)``. ``sigma_data`` (read by ``edm`` only) defaults to the mixture's std."""
         if sigma_data is None:
-            sigma_data = self.std() if kind == "edm" else convert.DEFAULT_SIGMA_DATA
-        return convert.from_x0(self.denoise(x, t, schedule), kind, x, t, schedule, sigma_data)
+            sigma_data = self.std() if prediction == "edm" else convert.DEFAULT_SIGMA_DATA
+        return convert.from_x0(
+            self.denoise(x, t, schedule), prediction, x, t, schedule, sigma_data
+        )
 
-    def model_fn(self, schedule: Schedule, kind: str = "x0", sigma_data=None):
-        """A function ``(x, t) -> prediction`` with a trained network's call signature."""
-        convert.check_prediction(kind)
-        if sigma_data is None and kind == "edm":
+    def model_fn(self, schedule: Schedule, prediction: str = "x0", sigma_data=None):
+        """A function ``(x, t) -> native output`` with a trained network's call signature."""
+        convert.check_prediction(prediction)
+        if sigma_data is None and prediction == "edm":
             sigma_data = self.std()
 
         def model(x, t):
-            return self.predict(x, t, schedule, kind, sigma_data)
+            return self.predict(x, t, schedule, prediction, sigma_data)
 
         return model
 

@@ -38,7 +38,7 @@ import optax
 from scipy.integrate import solve_ivp
 from threadpoolctl import threadpool_limits
 
-from diffusion_lv import convert, likelihood
+from diffusion_lv import likelihood
 from diffusion_lv.likelihood import LikelihoodConfig, make_likelihood_fn
 from diffusion_lv.losses import LossConfig, TimeSampler, diffusion_loss
 from diffusion_lv.models.mlp import MLP
@@ -47,12 +47,12 @@ from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.schedules import VP
 
 SCHEDULE = VP()
-KIND = "eps"
+MODEL = Parameterization(SCHEDULE, "eps")
 
 
 def oracle_case(mixture):
     def apply_fn(mix, x, t):
-        return mix.predict(x, t, SCHEDULE, KIND)
+        return mix.predict(x, t, SCHEDULE, MODEL.prediction)
 
     return apply_fn, mixture
 
@@ -60,15 +60,14 @@ def oracle_case(mixture):
 def train_mlp(key, mixture, steps, batch):
     """A few hundred Adam steps of the maximum-likelihood loss on samples of ``mixture``."""
     network = MLP(width=64, num_blocks=2)
-    param = Parameterization(SCHEDULE, KIND)
     init_key, key = jax.random.split(key)
     params = network.init(init_key, jnp.zeros((1, mixture.dim)), jnp.zeros((1,)))
-    config = LossConfig(prediction=KIND, weighting="ml", time_sampler=TimeSampler("ml_importance"))
+    config = LossConfig(weighting="ml", time_sampler=TimeSampler("ml_importance"))
     optimizer = optax.adam(2e-3)
 
     def loss_fn(params, x0, key):
-        model_fn = param.model_fn(bind(network.apply, params))
-        per_example, _ = diffusion_loss(model_fn, x0, key, SCHEDULE, config)
+        model_fn = MODEL.model_fn(bind(network.apply, params))
+        per_example, _ = diffusion_loss(model_fn, x0, key, MODEL, config)
         return jnp.mean(per_example)
 
     @jax.jit
@@ -87,10 +86,7 @@ def train_mlp(key, mixture, steps, batch):
 
     params, losses = train(params, key)
 
-    def apply_fn(params, x, t):
-        return param.model_fn(bind(network.apply, params))(x, t)
-
-    return apply_fn, params, float(jnp.mean(losses[-50:]))
+    return MODEL.model_apply(network.apply), params, float(jnp.mean(losses[-50:]))
 
 
 def scipy_solver(apply_fn, params, x, probes, tol, fused):
@@ -102,7 +98,7 @@ def scipy_solver(apply_fn, params, x, probes, tol, fused):
     Returns a function that solves once and gives ``(nll, nfe, latent)``.
     """
     batch, dim = x.shape[0], math.prod(x.shape[1:])
-    sigma_data = convert.DEFAULT_SIGMA_DATA
+    sigma_data = MODEL.sigma_data
     t_min, t_max = (jnp.asarray(t, jnp.float32) for t in (SCHEDULE.t_min, SCHEDULE.t_max))
     alpha_min, alpha_max = float(SCHEDULE.alpha(t_min)), float(SCHEDULE.alpha(t_max))
     sigma_min, sigma_max = float(SCHEDULE.sigma_ve(t_min)), float(SCHEDULE.sigma_ve(t_max))
@@ -113,7 +109,7 @@ def scipy_solver(apply_fn, params, x, probes, tol, fused):
     )
 
     def field(params, tau, y):
-        denoiser = convert.as_ve_denoiser(lambda x_, t_: apply_fn(params, x_, t_), KIND, SCHEDULE)
+        denoiser = MODEL.ve_denoiser(lambda x_, t_: apply_fn(params, x_, t_))
         return likelihood.probability_flow_with_divergence(denoiser, tau, y, probes, sigma_data)
 
     fused_fn = jax.jit(field)
@@ -146,7 +142,7 @@ def scipy_solver(apply_fn, params, x, probes, tol, fused):
 
 
 def diffrax_solver(apply_fn, params, x, key, config):
-    fn = make_likelihood_fn(apply_fn, KIND, SCHEDULE, config)
+    fn = make_likelihood_fn(apply_fn, MODEL, config)
 
     def solve():
         out = jax.block_until_ready(fn(params, x, key))

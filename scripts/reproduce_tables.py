@@ -597,13 +597,17 @@ def _denoiser_step_coefficient(name: str, kind: str, t: Array) -> Array:
     return (one - convert.from_x0(zeros, kind, zeros, t, schedule))[:, 0]
 
 
+# The ML weight does not read sigma_data (only the edm weighting does).
+UNUSED_SIGMA_DATA = convert.DEFAULT_SIGMA_DATA
+
+
 def ml_weight_in_output_space(name: str, kind: str, t: Array) -> Array:
     """``w_ML(t) / k(t)^2``: the maximum-likelihood weight on ``‖prediction error‖²``.
 
     losses.weighting('ml') is the ML weight on ``‖D_theta - x0‖²`` (``g^2 alpha^2 / 2 sigma^4``);
     a prediction error is ``k`` times the denoiser error.
     """
-    w_x0 = losses.weighting("ml", _schedule(name), t)
+    w_x0 = losses.weighting("ml", _schedule(name), t, UNUSED_SIGMA_DATA)
     return w_x0 / jnp.square(_denoiser_step_coefficient(name, kind, t))
 
 
@@ -619,7 +623,8 @@ def ml_loss_integrands(ctx: Context, name: str, kind: str, p: Points, output: Ar
     score_space = 0.5 * schedule.g2(p.t) * jnp.sum(jnp.square(s_theta - conditional), -1)
     denoised = convert.to_x0(output, kind, p.x, p.t, schedule)
     x0_space = (
-        losses.weighting("ml", schedule, p.t) * DATA_DIM * losses.squared_error(denoised, p.x0)
+        losses.weighting("ml", schedule, p.t, UNUSED_SIGMA_DATA) * DATA_DIM
+        * losses.squared_error(denoised, p.x0)
     )
     return score_space, x0_space
 

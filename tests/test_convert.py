@@ -26,7 +26,7 @@ ALL = [S.VP(), S.VEKarras(), S.RectifiedFlow(), S.LinearVP(), S.CosineVP()]
 IDS = [s.name for s in ALL]
 EPS64 = np.finfo(np.float64).eps
 ROUNDING_K = 1e4
-SIGMA_DATA = 0.7  # not the default 0.5, so that a dropped sigma_data argument shows
+SIGMA_DATA = 0.7  # not convert.DEFAULT_SIGMA_DATA, so that a dropped sigma_data argument shows
 BATCH, DIM = 6, 3
 
 PROPERTY = settings(

@@ -25,6 +25,7 @@ from scipy.stats import kurtosis
 from diffusion_lv import likelihood
 from diffusion_lv.likelihood import LikelihoodConfig, make_likelihood_fn
 from diffusion_lv.oracle import GaussianMixture, random_anisotropic
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.schedules import VP, CosineVP, RectifiedFlow, VEKarras
 
 DIM = 3
@@ -32,17 +33,18 @@ NUM_POINTS = 16
 LOOSE, TIGHT = 1e-5, 1e-8
 
 
-def oracle_apply(schedule, kind, sigma_data):
+def oracle_apply(model):
     """The oracle as a network ``(params, x, t) -> native prediction``, params = the mixture."""
 
     def apply_fn(mixture, x, t):
-        return mixture.predict(x, t, schedule, kind, sigma_data)
+        return mixture.predict(x, t, model.schedule, model.prediction, model.sigma_data)
 
     return apply_fn
 
 
 def matched_schedules():
-    """VP (default) and VE, RF, cosine VP over VP's ``sigma_ve`` range, each with its own kind."""
+    """VP (default) and VE, RF, cosine VP over VP's ``sigma_ve`` range, each with its own
+    prediction."""
     vp = VP()
     lo, hi = vp.sigma_ve_min, vp.sigma_ve_max
 
@@ -75,13 +77,13 @@ def exact_runs():
         sigma_data = mixture.std()
         z = mixture.sample_marginal(jax.random.PRNGKey(1), NUM_POINTS, VP().t_min, VP())
         z = z / VP().alpha(VP().t_min)  # canonical points at sigma_ve_min, shared by all
-        for name, (schedule, kind) in matched_schedules().items():
+        for name, (schedule, prediction) in matched_schedules().items():
             x = z * schedule.alpha(jnp.asarray(schedule.t_min))
             truth = -mixture.log_prob(x, schedule.t_min, schedule)
+            model = Parameterization(schedule, prediction, sigma_data=sigma_data)
             for tol in (LOOSE, TIGHT) if name == "vp" else (TIGHT,):
-                config = LikelihoodConfig(rtol=tol, atol=tol, sigma_data=sigma_data)
-                fn = make_likelihood_fn(oracle_apply(schedule, kind, sigma_data), kind, schedule,
-                                        config)
+                config = LikelihoodConfig(rtol=tol, atol=tol)
+                fn = make_likelihood_fn(oracle_apply(model), model, config)
                 result = fn(mixture, x)
                 exact_prior = mixture.log_prob(result.latent, schedule.t_max, schedule)
                 out[name, tol] = dict(
@@ -143,15 +145,16 @@ NUM_MC_POINTS = 1024
 
 @pytest.fixture(scope="module")
 def hutchinson_runs():
-    schedule, kind = VP(), "eps"
+    schedule = VP()
+    model = Parameterization(schedule, "eps")
     mixture = random_anisotropic(0, DIM, 3)
     x = mixture.sample_marginal(jax.random.PRNGKey(2), NUM_MC_POINTS, schedule.t_min, schedule)
     truth = np.asarray(-mixture.log_prob(x, schedule.t_min, schedule))
-    apply_fn = oracle_apply(schedule, kind, None)
+    apply_fn = oracle_apply(model)
     out = {}
     for probe, num_probes in (("rademacher", 1), ("gaussian", 1), ("rademacher", 4)):
         config = LikelihoodConfig(divergence="hutchinson", probe=probe, num_probes=num_probes)
-        result = make_likelihood_fn(apply_fn, kind, schedule, config)(
+        result = make_likelihood_fn(apply_fn, model, config)(
             mixture, x, jax.random.PRNGKey(3)
         )
         exact_prior = mixture.log_prob(result.latent, schedule.t_max, schedule)
@@ -200,13 +203,14 @@ def test_dequantised_bits_per_dim_match_bin_probability():
     standard deviation is ``w |g| / sqrt(12)`` and its mean (Jensen's gap) about
     ``w^2 |g|^2 / 24``; the solver adds up to 10 tol (1 + |delta|).
     """
-    schedule, kind, levels, dim = VP(), "eps", 256, 2
+    schedule, levels, dim = VP(), 256, 2
+    model = Parameterization(schedule, "eps")
     std = 0.4
     mixture = GaussianMixture.isotropic([1.0], [[0.0, 0.0]], std)
     shape = (1, 2, 1)
 
     def apply_fn(mix, x, t):
-        flat = mix.predict(x.reshape(x.shape[0], -1), t, schedule, kind)
+        flat = mix.predict(x.reshape(x.shape[0], -1), t, schedule, model.prediction)
         return flat.reshape(x.shape)
 
     key_k, key_fn = jax.random.split(jax.random.PRNGKey(4))
@@ -214,7 +218,7 @@ def test_dequantised_bits_per_dim_match_bin_probability():
     k = np.round(np.clip(k, 0, levels - 1))
     x = jnp.asarray(-1 + 2 * k / (levels - 1), jnp.float32).reshape((-1, *shape))
     config = LikelihoodConfig(num_levels=levels)
-    result = make_likelihood_fn(apply_fn, kind, schedule, config)(mixture, x, key_fn)
+    result = make_likelihood_fn(apply_fn, model, config)(mixture, x, key_fn)
 
     t = schedule.t_min
     s = math.sqrt(float(schedule.alpha(t)) ** 2 * std**2 + float(schedule.sigma(t)) ** 2)
@@ -277,25 +281,27 @@ def test_reported_nfe_counts_model_calls(solver):
     def _(primals, tangents):
         return counted(primals[0]), tangents[0]
 
-    schedule, kind = VP(), "eps"
+    schedule = VP()
+    model = Parameterization(schedule, "eps")
     mixture = random_anisotropic(0, DIM, 3)
 
     def apply_fn(mix, x, t):
-        return mix.predict(counted(x), t, schedule, kind)
+        return mix.predict(counted(x), t, schedule, model.prediction)
 
     x = mixture.sample_marginal(jax.random.PRNGKey(1), 8, schedule.t_min, schedule)
     config = LikelihoodConfig(solver=solver, rtol=1e-4, atol=1e-4)
-    result = make_likelihood_fn(apply_fn, kind, schedule, config)(mixture, x)
+    result = make_likelihood_fn(apply_fn, model, config)(mixture, x)
     jax.block_until_ready(result)
     assert int(result.nfe) == len(calls) > 0
 
 
 def test_unsolved_is_nan():
-    schedule, kind = VP(), "eps"
+    schedule = VP()
+    model = Parameterization(schedule, "eps")
     mixture = random_anisotropic(0, DIM, 3)
     x = mixture.sample_marginal(jax.random.PRNGKey(1), 4, schedule.t_min, schedule)
     config = LikelihoodConfig(max_steps=2)
-    fn = make_likelihood_fn(oracle_apply(schedule, kind, None), kind, schedule, config)
+    fn = make_likelihood_fn(oracle_apply(model), model, config)
     result = fn(mixture, x)
     assert not bool(result.solved)
     assert np.all(np.isnan(np.asarray(result.nll)))
@@ -305,11 +311,12 @@ def test_unsolved_is_nan():
 
 
 def test_evaluate_likelihood_aggregates_batches():
-    schedule, kind = VP(), "eps"
+    schedule = VP()
+    model = Parameterization(schedule, "eps")
     mixture = random_anisotropic(0, DIM, 3)
     x = mixture.sample_marginal(jax.random.PRNGKey(5), 12, schedule.t_min, schedule)
     config = LikelihoodConfig(divergence="hutchinson", rtol=1e-3, atol=1e-3)
-    fn = make_likelihood_fn(oracle_apply(schedule, kind, None), kind, schedule, config)
+    fn = make_likelihood_fn(oracle_apply(model), model, config)
     key = jax.random.PRNGKey(6)
     batches = [x[:6], x[6:]]
     summary = likelihood.evaluate_likelihood(fn, mixture, batches, key)
@@ -325,29 +332,31 @@ def test_evaluate_likelihood_aggregates_batches():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(divergence="trace"), "divergence 'trace'.*'exact', 'hutchinson'"),
-        (dict(probe="sphere"), "probe 'sphere'.*'rademacher', 'gaussian'"),
-        (dict(solver="euler"), "solver 'euler'.*'tsit5', 'dopri5'"),
-        (dict(error_norm="l1"), "error_norm 'l1'.*'max', 'rms'"),
-        (dict(rtol=0.0), "rtol=0.0"),
-        (dict(num_probes=0), "num_probes=0"),
-        (dict(max_steps=0), "max_steps=0"),
-        (dict(num_levels=1), "num_levels=1"),
-        (dict(data_range=(1.0, -1.0)), "data_range"),
+        (dict(divergence="trace"), "divergence='trace' .*'exact', 'hutchinson'"),
+        (dict(probe="sphere"), "probe='sphere' .*'gaussian', 'rademacher'"),
+        (dict(solver="euler"), "solver='euler' .*'dopri5', 'tsit5'"),
+        (dict(error_norm="l1"), "error_norm='l1' .*'max', 'rms'"),
+        (dict(rtol=0.0), r"rtol=0.0 is not valid; valid: a finite number > 0.0"),
+        (dict(atol=float("inf")), r"atol=inf is not valid; valid: a finite number > 0.0"),
+        (dict(num_probes=0), "num_probes=0 is not valid; valid: an integer >= 1"),
+        (dict(max_steps=0), "max_steps=0 is not valid; valid: an integer >= 1"),
+        (dict(num_levels=1), "num_levels=1 is not valid; valid: an integer >= 2 or None"),
+        (dict(data_range=(1.0, -1.0)), r"data_range=\(1.0, -1.0\) is not valid"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match="^" + match):
         LikelihoodConfig(**kwargs)
 
 
 def test_bad_call_is_a_clear_error():
     schedule = VP()
-    apply_fn = oracle_apply(schedule, "eps", None)
+    model = Parameterization(schedule, "eps")
+    apply_fn = oracle_apply(model)
     mixture = random_anisotropic(0, DIM, 3)
-    with pytest.raises(ValueError, match="unknown prediction 'noise'"):
-        make_likelihood_fn(apply_fn, "noise", schedule)
-    fn = make_likelihood_fn(apply_fn, "eps", schedule, LikelihoodConfig(divergence="hutchinson"))
+    with pytest.raises(ValueError, match="model must be a Parameterization, got str"):
+        make_likelihood_fn(apply_fn, "eps")
+    fn = make_likelihood_fn(apply_fn, model, LikelihoodConfig(divergence="hutchinson"))
     with pytest.raises(ValueError, match="PRNG key is needed"):
         fn(mixture, jnp.zeros((4, DIM)))
     with pytest.raises(ValueError, match=r"shape \(batch, ...\), got shape \(3,\)"):

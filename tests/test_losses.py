@@ -19,12 +19,14 @@ from diffusion_lv import convert as C
 from diffusion_lv import losses as L
 from diffusion_lv import oracle
 from diffusion_lv import schedules as S
+from diffusion_lv.parameterization import Parameterization
 
 ALL = [S.VP(), S.VEKarras(), S.RectifiedFlow(), S.LinearVP(), S.CosineVP()]
 IDS = [s.name for s in ALL]
 EPS64 = np.finfo(np.float64).eps
 Z_MAX = 5.0
-SAMPLERS = L.TIME_SAMPLERS
+SAMPLERS = list(L.TIME_SAMPLERS)
+SD = C.DEFAULT_SIGMA_DATA  # weightings other than edm do not read it
 THREE = [S.VP(), S.VEKarras(), S.RectifiedFlow()]  # the paper's three processes
 THREE_IDS = [s.name for s in THREE]
 
@@ -52,45 +54,47 @@ def test_ml_weight_is_minus_half_dsnr_dt(x64, schedule):
     snr = lambda t: (schedule.alpha(t) / schedule.sigma(t)) ** 2
     dsnr = jax.vmap(jax.grad(snr))(t)
     # -1/2 dSNR/dt = SNR * g^2 / (2 sigma^2): two roundings of O(1) relative each.
-    np.testing.assert_allclose(L.weight_ml(schedule, t, 0.5), -0.5 * dsnr, rtol=1e-12)
+    np.testing.assert_allclose(L.weight_ml(schedule, t, SD), -0.5 * dsnr, rtol=1e-12)
 
 
 @pytest.mark.parametrize("schedule", THREE, ids=THREE_IDS)
 def test_ml_weight_is_the_paper_table_6_weight(x64, schedule):
     """Table 6: VP 1/2 ||score||^2, VE-Karras 1/sigma ||eps||^2, RF (1-s)/s ||v||^2."""
     t = times(schedule, 64, seed=1)
-    kind, printed = {
+    prediction, printed = {
         "vp": ("score", 0.5 * jnp.ones_like(t)),
         "ve": ("eps", 1 / t),
         "rf": ("velocity", (1 - t) / t),
     }[schedule.name]
-    native = L.weighting(L.NATIVE_WEIGHTING[kind], schedule, t)
-    np.testing.assert_allclose(L.weighting("ml", schedule, t), printed * native, rtol=1e-12)
+    # Each prediction's own weighting has its name: its plain MSE (next test).
+    native = L.weighting(prediction, schedule, t, SD)
+    np.testing.assert_allclose(L.weighting("ml", schedule, t, SD), printed * native, rtol=1e-12)
 
 
 @pytest.mark.parametrize("schedule", ALL, ids=IDS)
 def test_each_weighting_is_its_native_mse_in_x0_space(x64, schedule):
-    """``||P(D) - P(x0)||^2 = w_kind ||D - x0||^2`` for the native output P of each kind."""
+    """``||P(D) - P(x0)||^2 = w_P ||D - x0||^2`` for the native output P of each prediction, with
+    ``w_P`` the weighting of the same name."""
     rng = np.random.default_rng(2)
     t = times(schedule, 64, seed=2)
     x0 = jnp.asarray(rng.standard_normal((64, 2)))
     x_t = L.perturb(x0, jnp.asarray(rng.standard_normal((64, 2))), t, schedule)
     guess = x0 + jnp.asarray(rng.standard_normal((64, 2)))
-    for kind, name in L.NATIVE_WEIGHTING.items():
+    for prediction in C.PREDICTIONS:
         native_mse = L.squared_error(
-            C.from_x0(guess, kind, x_t, t, schedule, 0.5),
-            C.from_x0(x0, kind, x_t, t, schedule, 0.5),
+            C.from_x0(guess, prediction, x_t, t, schedule, SD),
+            C.from_x0(x0, prediction, x_t, t, schedule, SD),
         )
-        x0_mse = L.weighting(name, schedule, t, 0.5) * L.squared_error(guess, x0)
+        x0_mse = L.weighting(prediction, schedule, t, SD) * L.squared_error(guess, x0)
         # Both sides hold the same difference; the native one computes it as a difference of
         # two predictions with terms |c_x x| + |c_D D|: rounding is eps * (terms/|c_D|)^2-ish.
-        terms = np.abs(C.from_x0(jnp.zeros_like(x0), kind, x_t, t, schedule, 0.5))
-        coef = np.abs(C.from_x0(jnp.ones_like(x0), kind, jnp.zeros_like(x0), t, schedule, 0.5))
+        terms = np.abs(C.from_x0(jnp.zeros_like(x0), prediction, x_t, t, schedule, SD))
+        coef = np.abs(C.from_x0(jnp.ones_like(x0), prediction, jnp.zeros_like(x0), t, schedule, SD))
         scale = np.max((terms / coef + np.abs(x0) + np.abs(guess)), axis=1)
         rel = 1e4 * EPS64 * scale / np.asarray(np.sqrt(L.squared_error(guess, x0)))
         np.testing.assert_array_less(np.abs(native_mse - x0_mse), rel * np.asarray(x0_mse) + 1e-300)
     snr = (schedule.alpha(t) / schedule.sigma(t)) ** 2
-    np.testing.assert_allclose(L.weighting("min_snr", schedule, t), np.minimum(snr, 5.0))
+    np.testing.assert_allclose(L.weighting("min_snr", schedule, t, SD), np.minimum(snr, 5.0))
 
 
 @pytest.mark.parametrize("schedule", ALL, ids=IDS)
@@ -113,22 +117,20 @@ def test_loss_equals_the_familiar_native_losses(x64):
     key = jax.random.key(1)
     seen = {}
 
-    def recording(kind):
-        def model(x_t, t):
-            seen["x_t"], seen["t"] = x_t, t
-            return jnp.tanh(x_t) + t[:, None]  # any network
-        return model
+    def network(x_t, t):
+        seen["x_t"], seen["t"] = x_t, t
+        return jnp.tanh(x_t) + t[:, None]  # any network
 
-    for kind in ("eps", "velocity", "x0", "score", "v"):
-        config = L.LossConfig(prediction=kind, weighting=L.NATIVE_WEIGHTING[kind],
-                              importance_weighted=False)
-        loss, t = L.diffusion_loss(recording(kind), x0, key, schedule, config)
+    for prediction in ("eps", "velocity", "x0", "score", "v"):
+        model = Parameterization(schedule, prediction)
+        config = L.LossConfig(weighting=prediction, importance_weighted=False)
+        loss, t = L.diffusion_loss(network, x0, key, model, config)
         x_t = seen["x_t"]
         np.testing.assert_array_equal(t, seen["t"])
         alpha, sigma = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]
         eps = (x_t - alpha * x0) / sigma
         target = {"eps": eps, "velocity": eps - x0, "x0": x0, "score": -eps / sigma,
-                  "v": alpha * eps - sigma * x0}[kind]
+                  "v": alpha * eps - sigma * x0}[prediction]
         expected = jnp.mean((jnp.tanh(x_t) + t[:, None] - target) ** 2, axis=1)
         # eps = (x_t - alpha x0)/sigma loses eps64 |x|/sigma <= 1e-12 relative at s = t_min.
         np.testing.assert_allclose(loss, expected, rtol=1e-9)
@@ -143,10 +145,11 @@ def gauss_legendre(a, b, n):
     return mid + half * nodes[..., :], half * weights
 
 
-def density_in_log_snr(sampler, schedule, lam):
+def density_in_log_snr(sampler, model, lam):
     """``q(t(lambda)) |dt/d lambda|``: the sampler's density in log-SNR (smooth everywhere)."""
+    schedule = model.schedule
     t = schedule.t_from_log_snr(jnp.asarray(lam))
-    return np.asarray(sampler.density(t, schedule) * schedule.sigma(t) ** 2 / schedule.g2(t))
+    return np.asarray(sampler.density(t, model) * schedule.sigma(t) ** 2 / schedule.g2(t))
 
 
 def log_snr_range(schedule):
@@ -156,22 +159,22 @@ def log_snr_range(schedule):
 @pytest.mark.parametrize("name", SAMPLERS)
 @pytest.mark.parametrize("schedule", ALL, ids=IDS)
 def test_time_sampler_density_and_samples_agree(x64, schedule, name):
-    sampler = L.TimeSampler(name)
+    sampler, model = L.TimeSampler(name), Parameterization(schedule)
     n = 10000
-    t = np.asarray(sampler.sample(jax.random.key(3), n, schedule))
+    t = np.asarray(sampler.sample(jax.random.key(3), n, model))
     assert t.dtype == np.float64 and t.min() >= schedule.t_min and t.max() <= schedule.t_max
     lo, hi = log_snr_range(schedule)
     # Density integrates to 1: Gauss-Legendre in log-SNR, where every density is analytic;
     # 200 and 400 nodes agree to 1e-12, so 1e-9 is a quadrature bound with margin.
     for nodes in (200, 400):
         lam, w = gauss_legendre(lo, hi, nodes)
-        assert np.sum(w * density_in_log_snr(sampler, schedule, lam)) == pytest.approx(1, abs=1e-9)
+        assert np.sum(w * density_in_log_snr(sampler, model, lam)) == pytest.approx(1, abs=1e-9)
     # The samples follow the density: Kolmogorov-Smirnov against its CDF (quadrature from the
     # low-noise end, 32 nodes per sample: error < 1e-5), rejecting at p = 1e-6 (the test then
     # detects a CDF off by 0.027 anywhere).
     lam_samples = np.asarray(schedule.log_snr(jnp.asarray(t)))
     lam_nodes, w = gauss_legendre(lam_samples[:, None], hi, 32)
-    tail = np.sum(w * density_in_log_snr(sampler, schedule, lam_nodes), axis=1)
+    tail = np.sum(w * density_in_log_snr(sampler, model, lam_nodes), axis=1)
     cdf_in_t = tail  # log-SNR decreases with t: P(T <= t) = P(lambda >= lambda(t))
     result = stats.kstest(cdf_in_t, "uniform")
     assert result.pvalue > 1e-6, (name, result)
@@ -181,12 +184,12 @@ def test_time_sampler_density_and_samples_agree(x64, schedule, name):
 @pytest.mark.parametrize("schedule", ALL, ids=IDS)
 def test_importance_weights_keep_the_uniform_time_expectation(x64, schedule, name):
     """E_q[h(t) u/q] = E_u[h(t)] for a smooth h, within the estimator's exact standard error."""
-    sampler = L.TimeSampler(name)
-    config = L.LossConfig(prediction="x0", weighting="x0", time_sampler=sampler)
+    sampler, model = L.TimeSampler(name), Parameterization(schedule, "x0")
+    config = L.LossConfig(weighting="x0", time_sampler=sampler)
     n = 20000
     h = lambda t: 1 / (1 + schedule.sigma_ve(t) ** 2)
-    t = sampler.sample(jax.random.key(4), n, schedule)
-    importance = L.loss_weight(config, schedule, t)  # u(t)/q(t) (x0 weighting is 1)
+    t = sampler.sample(jax.random.key(4), n, model)
+    importance = L.loss_weight(config, model, t)  # u(t)/q(t) (x0 weighting is 1)
     estimate = float(jnp.mean(h(t) * importance))
     # Truth and the estimator's variance, by quadrature in log-SNR.
     lo, hi = log_snr_range(schedule)
@@ -194,7 +197,7 @@ def test_importance_weights_keep_the_uniform_time_expectation(x64, schedule, nam
     t_nodes = schedule.t_from_log_snr(jnp.asarray(lam))
     jac = np.asarray(schedule.sigma(t_nodes) ** 2 / schedule.g2(t_nodes))
     u = 1 / (schedule.t_max - schedule.t_min)
-    q = np.asarray(sampler.density(t_nodes, schedule))
+    q = np.asarray(sampler.density(t_nodes, model))
     hv = np.asarray(h(t_nodes))
     truth = np.sum(w * jac * hv * u)
     variance = np.sum(w * jac * hv**2 * u**2 / q) - truth**2
@@ -206,26 +209,28 @@ def test_importance_weights_keep_the_uniform_time_expectation(x64, schedule, nam
 def test_ml_importance_is_the_zero_variance_proposal_for_gaussian_data(x64, schedule):
     """``w_ML(t) mmse(t) u(t)/q(t)`` is constant in t for data of std sigma_data."""
     sd = 0.7
-    sampler = L.TimeSampler("ml_importance", sigma_data=sd)
-    config = L.LossConfig(weighting="ml", time_sampler=sampler)
+    model = Parameterization(schedule, sigma_data=sd)  # the sampler reads the model's sigma_data
+    config = L.LossConfig(weighting="ml", time_sampler=L.TimeSampler("ml_importance"))
     t = times(schedule, 64, seed=5)
     sv = schedule.sigma_ve(t)
     mmse = sd**2 * sv**2 / (sd**2 + sv**2)
-    integrand = np.asarray(L.loss_weight(config, schedule, t) * mmse)
+    integrand = np.asarray(L.loss_weight(config, model, t) * mmse)
     np.testing.assert_allclose(integrand, integrand.mean(), rtol=1e-10)
 
 
-def test_bad_names_are_rejected_with_the_choices():
-    with pytest.raises(ValueError, match="unknown time sampler 'loguniform'") as info:
+def test_bad_settings_are_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="^name='loguniform' is not valid; valid choices") as info:
         L.TimeSampler("loguniform")
     assert all(repr(n) in str(info.value) for n in SAMPLERS)
-    with pytest.raises(ValueError, match="unknown weighting 'snr'") as info:
+    with pytest.raises(ValueError, match="^weighting='snr' is not valid; valid choices") as info:
         L.LossConfig(weighting="snr")
     assert all(repr(n) in str(info.value) for n in L.WEIGHTINGS)
-    with pytest.raises(ValueError, match="unknown prediction \\(network output\\) 'noise'"):
-        L.LossConfig(prediction="noise")
-    with pytest.raises(ValueError, match="unknown weighting 'snr'"):
-        L.weighting("snr", S.VP(), 0.5)
+    with pytest.raises(ValueError, match="^weighting='snr' is not valid"):
+        L.weighting("snr", S.VP(), 0.5, SD)
+    with pytest.raises(ValueError, match=r"^p_std=0.0 is not valid; valid: a finite number > 0.0"):
+        L.TimeSampler("lognormal", p_std=0.0)
+    with pytest.raises(ValueError, match=r"^p_mean=nan is not valid; valid: a finite number"):
+        L.TimeSampler("lognormal", p_mean=float("nan"))
 
 
 # -- maximum likelihood: KL decay (paper eq. 17) ------------------------------------------
@@ -311,8 +316,9 @@ def test_kl_decay_between_gaussian_mixtures(x64, schedule):
 # -- maximum likelihood in practice: DSM = SM + constant, the oracle minimises the loss ---------
 
 
-def perturbed_models(gm, schedule, kind, sizes, seed):
-    """The oracle's native-``kind`` model plus smooth perturbations ``eps_k(x, t)`` in D space.
+def perturbed_models(gm, schedule, prediction, sizes, seed):
+    """The oracle's native-``prediction`` model plus smooth perturbations ``eps_k(x, t)`` in D
+    space.
 
     The perturbation is ``size * s/sqrt(1+s^2) * tanh(W z + b)`` (s = sigma_ve): bounded, and
     shrinking like the posterior spread at low noise, as a trained network's error does.
@@ -327,7 +333,7 @@ def perturbed_models(gm, schedule, kind, sizes, seed):
             alpha, sv = schedule.alpha(t)[:, None], schedule.sigma_ve(t)[:, None]
             z = x / alpha
             delta = size * sv / jnp.sqrt(1 + sv**2) * jnp.tanh(z @ w + b)
-            return C.from_x0(gm.denoise(x, t, schedule) + delta, kind, x, t, schedule, 0.5)
+            return C.from_x0(gm.denoise(x, t, schedule) + delta, prediction, x, t, schedule, SD)
 
         models.append(model)
     return models
@@ -345,18 +351,19 @@ def test_dsm_equals_sm_plus_a_constant(x64, schedule):
     """Paper A.4: over several models, DSM - SM (same x0, eps, t) is one constant."""
     gm = mixture()
     n = 4096
-    config = L.LossConfig(prediction="eps", weighting="ml", time_sampler=L.TimeSampler("log_snr"))
+    model = Parameterization(schedule, "eps")
+    config = L.LossConfig(weighting="ml", time_sampler=L.TimeSampler("log_snr"))
     x0 = gm.sample(jax.random.key(7), n)
     key = jax.random.key(8)
     diffs, sms = [], []
-    for model in perturbed_models(gm, schedule, "eps", [0.0, 0.5, 1.0, 2.0], seed=9):
+    for network in perturbed_models(gm, schedule, "eps", [0.0, 0.5, 1.0, 2.0], seed=9):
         seen = {}
-        dsm, t = L.diffusion_loss(recorded(model, seen), x0, key, schedule, config)
+        dsm, t = L.diffusion_loss(recorded(network, seen), x0, key, model, config)
         # SM: the same weight on the distance to the exact denoiser (= score distance in x0 space).
         x_t = seen["x_t"]
-        d_theta = C.to_x0(model(x_t, t), "eps", x_t, t, schedule)
+        d_theta = C.to_x0(network(x_t, t), "eps", x_t, t, schedule)
         exact = gm.denoise(x_t, t, schedule)
-        sm = L.loss_weight(config, schedule, t) * L.squared_error(d_theta, exact)
+        sm = L.loss_weight(config, model, t) * L.squared_error(d_theta, exact)
         diffs.append(np.asarray(dsm - sm))
         sms.append(np.asarray(sm))
     for k in range(1, len(diffs)):
@@ -370,7 +377,7 @@ def test_dsm_equals_sm_plus_a_constant(x64, schedule):
 
 @pytest.mark.parametrize("weighting", list(L.WEIGHTINGS))
 def test_oracle_denoiser_minimises_the_loss(x64, weighting):
-    """For each weighting: the loss does not depend on the output kind (the same D), and every
+    """For each weighting: the loss does not depend on the prediction (the same D), and every
     perturbation of the oracle increases the Monte Carlo loss (common random numbers).
 
     Loss(D*+delta) - Loss(D*) = Q + C with Q = mean w |delta|^2 > 0 and C = mean 2 w <delta,
@@ -378,27 +385,29 @@ def test_oracle_denoiser_minimises_the_loss(x64, weighting):
     condition), Q > Z_MAX SE(C) for the perturbation sizes used (design), hence Loss rises.
     """
     schedule, gm, n = S.VP(), mixture(), 4096
-    config = L.LossConfig(prediction="x0", weighting=weighting,
-                          time_sampler=L.TimeSampler("log_snr"))
+    config = L.LossConfig(weighting=weighting, time_sampler=L.TimeSampler("log_snr"))
     x0 = gm.sample(jax.random.key(10), n)
     key = jax.random.key(11)
-    per_kind = {}
-    for kind in C.PREDICTIONS:
-        cfg = L.LossConfig(prediction=kind, weighting=weighting, time_sampler=config.time_sampler)
-        (model,) = perturbed_models(gm, schedule, kind, [0.0], seed=12)
-        per_kind[kind] = np.asarray(L.diffusion_loss(model, x0, key, schedule, cfg)[0])
-    best = per_kind["x0"]
-    for kind, loss in per_kind.items():
+    per_prediction = {}
+    for prediction in C.PREDICTIONS:
+        model = Parameterization(schedule, prediction)
+        (network,) = perturbed_models(gm, schedule, prediction, [0.0], seed=12)
+        per_prediction[prediction] = np.asarray(
+            L.diffusion_loss(network, x0, key, model, config)[0]
+        )
+    best = per_prediction["x0"]
+    for prediction, loss in per_prediction.items():
         # Converting D to a native output and back loses ~1e4 eps of |z|/sigma_ve <= 1e8 eps.
-        np.testing.assert_allclose(loss, best, rtol=1e-7, err_msg=kind)
+        np.testing.assert_allclose(loss, best, rtol=1e-7, err_msg=prediction)
     seen = {}
-    models = perturbed_models(gm, schedule, "x0", [0.3, 1.0, 3.0], seed=13)
-    for model in models:
-        loss, t = L.diffusion_loss(recorded(model, seen), x0, key, schedule, config)
+    model = Parameterization(schedule, "x0")
+    networks = perturbed_models(gm, schedule, "x0", [0.3, 1.0, 3.0], seed=13)
+    for network in networks:
+        loss, t = L.diffusion_loss(recorded(network, seen), x0, key, model, config)
         x_t = seen["x_t"]
-        w = np.asarray(L.loss_weight(config, schedule, t))
+        w = np.asarray(L.loss_weight(config, model, t))
         assert np.all(w > 0)
-        delta = np.asarray(model(x_t, t) - gm.denoise(x_t, t, schedule))
+        delta = np.asarray(network(x_t, t) - gm.denoise(x_t, t, schedule))
         quad = w * np.mean(delta**2, axis=1)
         cross = np.asarray(loss) - best - quad
         se = cross.std() / math.sqrt(n)

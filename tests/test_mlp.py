@@ -118,7 +118,7 @@ def test_loss_sees_the_model_through_convert(x64):
     mixture = oracle.ring(num_modes=4, std=0.2)
     schedule = get_schedule("rf")
     param = Parameterization(schedule, "velocity", sigma_data=1.0)
-    config = losses.LossConfig(prediction="velocity", weighting="ml", sigma_data=1.0)
+    config = losses.LossConfig(weighting="ml")
     x0 = mixture.sample(jax.random.PRNGKey(4), 16)
     key = jax.random.PRNGKey(5)
 
@@ -127,8 +127,8 @@ def test_loss_sees_the_model_through_convert(x64):
         wrapped = param.model_fn(oracle_network(mixture, param))
         direct = mixture.model_fn(schedule, "velocity", 1.0)
         return (
-            losses.diffusion_loss(wrapped, x0, key, schedule, config),
-            losses.diffusion_loss(direct, x0, key, schedule, config),
+            losses.diffusion_loss(wrapped, x0, key, param, config),
+            losses.diffusion_loss(direct, x0, key, param, config),
         )
 
     (wrapped, t1), (direct, t2) = both(x0, key)

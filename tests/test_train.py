@@ -24,6 +24,7 @@ from diffusion_lv.training import (
     NonFiniteError,
     OptimizerConfig,
     TrainConfig,
+    check_batch_divisible,
     create_train_state,
     make_batch_fn,
     make_mesh,
@@ -36,8 +37,7 @@ from diffusion_lv.training import step as step_lib
 
 NETWORK = MLP(width=16, num_blocks=1, embedding_features=8)
 PARAM = Parameterization(get_schedule("vp"), "eps", sigma_data=1.4)
-LOSS = losses.LossConfig(prediction="eps", weighting="ml", sigma_data=1.4,
-                         time_sampler=losses.TimeSampler("log_snr"))
+LOSS = losses.LossConfig(weighting="ml", time_sampler=losses.TimeSampler("log_snr"))
 OPTIM = OptimizerConfig(name="adam", learning_rate=1e-3, warmup_steps=2, grad_clip=1.0)
 CONFIG = TrainConfig(
     batch_size=16, num_steps=8, steps_per_call=2, log_every=2, checkpoint_every=2,
@@ -172,7 +172,7 @@ def test_one_sgd_update_is_the_gradient_of_the_mean_loss():
 
         def example(x, i):
             key = jax.random.fold_in(noise_key, i)
-            return losses.diffusion_loss(model_fn, x[None], key, PARAM.schedule, LOSS)[0][0]
+            return losses.diffusion_loss(model_fn, x[None], key, PARAM, LOSS)[0][0]
 
         return jnp.mean(jax.vmap(example)(x0, jnp.arange(batch)))
 
@@ -195,19 +195,18 @@ def test_one_sgd_update_is_the_gradient_of_the_mean_loss():
 def test_per_example_loss_is_diffusion_loss_one_example_at_a_time(x64, sampler):
     # float64: float32 rounding differs between fused batched and per-example programs.
     mixture = oracle.ring()
-    schedule = get_schedule("rf")
-    config = losses.LossConfig(prediction="velocity", weighting="ml",
-                               time_sampler=losses.TimeSampler(sampler))
-    model_fn = mixture.model_fn(schedule, "velocity")
+    model = Parameterization(get_schedule("rf"), "velocity")
+    config = losses.LossConfig(weighting="ml", time_sampler=losses.TimeSampler(sampler))
+    model_fn = mixture.model_fn(model.schedule, model.prediction)
     x0 = mixture.sample(jax.random.PRNGKey(0), 64)
     keys = jax.random.split(jax.random.PRNGKey(1), 64)
 
     @jax.jit
     def both(x0, keys):
         one_at_a_time = jax.vmap(
-            lambda x, k: losses.diffusion_loss(model_fn, x[None], k, schedule, config)
+            lambda x, k: losses.diffusion_loss(model_fn, x[None], k, model, config)
         )(x0, keys)
-        return step_lib.per_example_loss(model_fn, x0, keys, schedule, config), one_at_a_time
+        return step_lib.per_example_loss(model_fn, x0, keys, model, config), one_at_a_time
 
     (loss, t), (loss_ref, t_ref) = both(x0, keys)
     np.testing.assert_array_equal(t, t_ref[:, 0])
@@ -253,6 +252,52 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
     with pytest.raises(ValueError, match="batch_size=16 is not divisible"):
         train(str(tmp_path), NETWORK, PARAM, LOSS, OPTIM, CONFIG, toy.ring8, (2,),
               mesh=FakeMesh(3), console=False)
+    with pytest.raises(ValueError) as err:
+        check_batch_divisible(12, 8)
+    assert str(err.value) == (
+        "batch_size=12 is not divisible by the number of devices (8); valid: a multiple of 8"
+    )
+    check_batch_divisible(12, 4)
+
+
+@pytest.mark.parametrize("cls, kwargs, message", [
+    (TrainConfig, dict(batch_size=0), "batch_size=0 is not valid; valid: an integer >= 1"),
+    (TrainConfig, dict(num_steps=2.0), "num_steps=2.0 is not valid; valid: an integer >= 1"),
+    (TrainConfig, dict(checkpoint_every=-1),
+     "checkpoint_every=-1 is not valid; valid: an integer >= 0"),
+    (TrainConfig, dict(ema_decays=(0.9, 1.5)),
+     "ema_decays=(0.9, 1.5) is not valid; valid: a non-empty tuple of numbers in [0, 1)"),
+    (TrainConfig, dict(ema_decays=()),
+     "ema_decays=() is not valid; valid: a non-empty tuple of numbers in [0, 1)"),
+    (TrainConfig, dict(bucket_edges=(1.0, 0.1)), "bucket_edges=(1.0, 0.1) is not valid; valid: "
+     "strictly increasing positive noise levels sigma_ve"),
+    (TrainConfig, dict(seed=None), "seed=None is not valid; valid: an integer"),
+    (OptimizerConfig, dict(name="lion"),
+     "name='lion' is not valid; valid choices: ['adam', 'adamw', 'sgd']"),
+    (OptimizerConfig, dict(warmup_steps=-1),
+     "warmup_steps=-1 is not valid; valid: an integer >= 0"),
+    (OptimizerConfig, dict(decay_steps=0), "decay_steps=0 is not valid; valid: an integer >= 1"),
+    (OptimizerConfig, dict(learning_rate=-1e-3),
+     "learning_rate=-0.001 is not valid; valid: a finite number > 0.0"),
+    (OptimizerConfig, dict(final_lr_fraction=1.5),
+     "final_lr_fraction=1.5 is not valid; valid: a finite number >= 0.0 and <= 1.0"),
+    (OptimizerConfig, dict(b2=1.0), "b2=1.0 is not valid; valid: a finite number >= 0.0 and < 1.0"),
+    (OptimizerConfig, dict(grad_clip=-1.0),
+     "grad_clip=-1.0 is not valid; valid: a finite number >= 0.0"),
+])
+def test_settings_check_their_ranges(cls, kwargs, message):
+    """The messages the config parser prefixes with ``config.<section>.``."""
+    with pytest.raises(ValueError) as err:
+        cls(**kwargs)
+    assert str(err.value) == message
+
+
+def test_train_config_stores_tuples_of_floats():
+    config = TrainConfig(ema_decays=[0, 0.5], bucket_edges=[1, 2.5], unroll_steps=1)
+    assert config.ema_decays == (0.0, 0.5) and isinstance(config.ema_decays[0], float)
+    assert config.bucket_edges == (1.0, 2.5) and isinstance(config.bucket_edges[0], float)
+    assert config.unroll_steps is True
+    assert TrainConfig(bucket_edges=()).bucket_edges == ()
 
 
 class FakeMesh:

@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     assert jax.device_count() == 8, jax.devices()
     net = MLP(width=16, num_blocks=1, embedding_features=8)
     param = Parameterization(get_schedule("rf"), "velocity", sigma_data=1.4)
-    loss = losses.LossConfig(prediction="velocity", weighting="velocity", sigma_data=1.4)
+    loss = losses.LossConfig(weighting="velocity")
     optimizer = st.make_optimizer(st.OptimizerConfig(name="sgd", learning_rate=0.05))
     steps, batch = 3, 32
     block = np.asarray(jax.vmap(lambda k: toy.ring8(k, batch))(

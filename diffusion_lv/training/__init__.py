@@ -2,7 +2,13 @@
 (checkpoint.py) and the loop (loop.py); console progress is diffusion_lv/progress.py."""
 
 from diffusion_lv.training.checkpoint import Checkpointer
-from diffusion_lv.training.loop import NonFiniteError, TrainConfig, TrainResult, train
+from diffusion_lv.training.loop import (
+    NonFiniteError,
+    TrainConfig,
+    TrainResult,
+    check_batch_divisible,
+    train,
+)
 from diffusion_lv.training.state import (
     LR_DECAYS,
     OPTIMIZERS,
@@ -22,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "check_batch_divisible",
     "create_train_state",
     "make_batch_fn",
     "make_mesh",

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from diffusion_lv import losses, progress
+from diffusion_lv import checks, losses, progress
 from diffusion_lv.models import param_count
 from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.training import checkpoint
@@ -40,7 +40,9 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Loop settings; intervals are in updates (0 disables an event during training)."""
+    """Loop settings; intervals are in updates (0 disables checkpoints or samples during
+    training; a run always ends with a checkpoint). ``ema_decays`` and ``bucket_edges`` are
+    stored as tuples of floats, ``unroll_steps`` as a bool."""
 
     batch_size: int = 512
     num_steps: int = 4000
@@ -53,6 +55,47 @@ class TrainConfig:
     seed: int = 0
     bucket_edges: tuple[float, ...] = (0.1, 1.0, 10.0)
     unroll_steps: bool = False  # unroll each call's updates (convolutions on XLA:CPU)
+
+    def __post_init__(self):
+        checks.number("batch_size", self.batch_size, lo=1, integer=True)
+        decays = self.ema_decays
+        if not (isinstance(decays, tuple | list) and decays and all(
+            _is_number(d) and 0.0 <= d < 1.0 for d in decays
+        )):
+            raise ValueError(
+                f"ema_decays={decays!r} is not valid; valid: a non-empty tuple of numbers in [0, 1)"
+            )
+        edges = self.bucket_edges
+        if not (isinstance(edges, tuple | list) and all(_is_number(e) and e > 0 for e in edges)
+                and list(edges) == sorted(set(edges))):
+            raise ValueError(
+                f"bucket_edges={edges!r} is not valid; valid: strictly increasing positive noise "
+                "levels sigma_ve"
+            )
+        checks.number("num_steps", self.num_steps, lo=1, integer=True)
+        checks.number("steps_per_call", self.steps_per_call, lo=1, integer=True)
+        checks.number("log_every", self.log_every, lo=1, integer=True)
+        checks.number("checkpoint_every", self.checkpoint_every, lo=0, integer=True)
+        checks.number("keep_checkpoints", self.keep_checkpoints, lo=1, integer=True)
+        checks.number("sample_every", self.sample_every, lo=0, integer=True)
+        checks.number("seed", self.seed, integer=True)
+        # Normalised as the config parser always did: equal settings compare (and cache) equal.
+        object.__setattr__(self, "ema_decays", tuple(float(d) for d in decays))
+        object.__setattr__(self, "bucket_edges", tuple(float(e) for e in edges))
+        object.__setattr__(self, "unroll_steps", bool(self.unroll_steps))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_batch_divisible(batch_size: int, num_devices: int) -> None:
+    """A global batch must split evenly over the data-parallel devices."""
+    if batch_size % num_devices:
+        raise ValueError(
+            f"batch_size={batch_size!r} is not divisible by the number of devices "
+            f"({num_devices}); valid: a multiple of {num_devices}"
+        )
 
 
 class NonFiniteError(FloatingPointError):
@@ -139,12 +182,12 @@ class _Window:
 
 @functools.lru_cache(maxsize=8)
 def _train_step(
-    network, parameterization, loss_config, optimizer_config, decays, devices, edges, unroll=False
+    network, model, loss_config, optimizer_config, decays, devices, edges, unroll=False
 ):
     """The compiled step, shared by ``train`` calls with equal settings (resume in one process)."""
     return step_lib.make_train_step(
         network.apply,
-        parameterization,
+        model,
         loss_config,
         state_lib.make_optimizer(optimizer_config),
         decays,
@@ -157,7 +200,7 @@ def _train_step(
 def train(
     workdir: str,
     network: nn.Module,
-    parameterization: Parameterization,
+    model: Parameterization,
     loss_config: losses.LossConfig,
     optimizer_config: OptimizerConfig,
     config: TrainConfig,
@@ -172,6 +215,8 @@ def train(
 ) -> TrainResult:
     """Train (or resume training) until ``config.num_steps`` updates; return the final state.
 
+    ``network(net_input, c_noise)`` is the Flax module trained; ``model`` says how its output is
+    read (schedule, prediction, sigma_data); ``loss_config`` weights and samples the loss.
     ``on_sample(state, tensorboard)`` is called every ``sample_every`` updates;
     ``after_call(state)`` after every compiled call (tests use it to send signals).
     ``make_batches(mesh, global_batch, seed) -> batches(first_step, length)`` replaces the
@@ -179,11 +224,7 @@ def train(
     """
     mesh = step_lib.make_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
-    if config.batch_size % num_devices:
-        raise ValueError(
-            f"training.batch_size={config.batch_size} is not divisible by the number of "
-            f"devices {num_devices}; valid: a multiple of {num_devices}"
-        )
+    check_batch_divisible(config.batch_size, num_devices)
     optimizer = state_lib.make_optimizer(optimizer_config)
     lr_schedule = state_lib.learning_rate_schedule(optimizer_config)
     fresh = state_lib.create_train_state(
@@ -204,7 +245,7 @@ def train(
 
     train_steps = _train_step(
         network,
-        parameterization,
+        model,
         loss_config,
         optimizer_config,
         config.ema_decays,

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from diffusion_lv import checks
+
 Array = jax.Array
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -42,10 +44,17 @@ class OptimizerConfig:
     grad_clip: float = 0.0
 
     def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.name!r}; valid choices: {list(OPTIMIZERS)}")
-        if self.decay not in LR_DECAYS:
-            raise ValueError(f"unknown lr decay {self.decay!r}; valid choices: {list(LR_DECAYS)}")
+        checks.choice("name", self.name, OPTIMIZERS)
+        checks.choice("decay", self.decay, LR_DECAYS)
+        checks.number("warmup_steps", self.warmup_steps, lo=0, integer=True)
+        checks.number("decay_steps", self.decay_steps, lo=1, integer=True)
+        checks.number("learning_rate", self.learning_rate, lo=0.0, lo_open=True)
+        checks.number("final_lr_fraction", self.final_lr_fraction, lo=0.0, hi=1.0)
+        checks.number("weight_decay", self.weight_decay, lo=0.0)
+        checks.number("b1", self.b1, lo=0.0, hi=1.0, hi_open=True)
+        checks.number("b2", self.b2, lo=0.0, hi=1.0, hi_open=True)
+        checks.number("eps", self.eps, lo=0.0)
+        checks.number("grad_clip", self.grad_clip, lo=0.0)
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:

@@ -76,7 +76,7 @@ def per_example_loss(
     model_fn: Callable[[Array, Array], Array],
     x0: Array,
     keys: Array,
-    schedule,
+    model: Parameterization,
     config: losses.LossConfig,
 ) -> tuple[Array, Array]:
     """``losses.diffusion_loss`` with one key per example, the model called once on the batch.
@@ -88,16 +88,16 @@ def per_example_loss(
     """
 
     def draws(x, key):
-        t, eps = losses.draw_times_and_noise(key, x[None], schedule, config)
+        t, eps = losses.draw_times_and_noise(key, x[None], model, config)
         return t[0], eps[0]
 
     t, eps = jax.vmap(draws)(x0, keys)
-    return losses.loss_at(model_fn, x0, t, eps, schedule, config), t
+    return losses.loss_at(model_fn, x0, t, eps, model, config), t
 
 
 def make_train_step(
     apply_fn: Callable,
-    parameterization: Parameterization,
+    model: Parameterization,
     loss_config: losses.LossConfig,
     optimizer: optax.GradientTransformation,
     ema_decays: Sequence[float],
@@ -107,6 +107,9 @@ def make_train_step(
 ) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
     """``train_steps(state, batches) -> (state, metrics)``, jit-compiled, state donated.
 
+    ``apply_fn(params, net_input, c_noise)`` is the network; ``model`` says how its output is
+    read (schedule, prediction, sigma_data) and ``loss_config`` weights and samples the loss.
+
     ``metrics`` has one entry per update of the block: ``step`` (the update's number, 1-based),
     ``loss``, ``grad_norm`` (before clipping), ``finite`` and per-bucket ``bucket_sum`` /
     ``bucket_count`` of the per-example loss by noise level (``bucket_edges`` in ``sigma_ve``).
@@ -115,17 +118,16 @@ def make_train_step(
     ``unroll=True`` unrolls the block of updates: XLA:CPU runs convolution gradients inside a
     loop about 100x slower than outside one (measured), so image models on CPU need it.
     """
-    schedule = parameterization.schedule
     ema_decays = tuple(float(d) for d in ema_decays)
     num_buckets = len(bucket_edges) + 1
 
     def batch_loss(params, x0, keys, dropout_key):
         # Its own stream, so the loss's draws are the same with or without dropout.
         rngs = {"dropout": dropout_key}
-        model_fn = parameterization.model_fn(
+        model_fn = model.model_fn(
             lambda net_input, c_noise: apply_fn(params, net_input, c_noise, rngs=rngs)
         )
-        per_example, t = per_example_loss(model_fn, x0, keys, schedule, loss_config)
+        per_example, t = per_example_loss(model_fn, x0, keys, model, loss_config)
         return jnp.mean(per_example), (per_example, t)
 
     def one_update(state: TrainState, x0: Array):
@@ -158,7 +160,8 @@ def make_train_step(
         # Never let a non-finite update into the state: the host stops the run on `finite`.
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
 
-        onehot = jax.nn.one_hot(bucket_index(schedule.sigma_ve(t), bucket_edges), num_buckets)
+        sigma_ve = model.schedule.sigma_ve(t)
+        onehot = jax.nn.one_hot(bucket_index(sigma_ve, bucket_edges), num_buckets)
         metrics = {
             "step": state.step + 1,
             "loss": loss,
