@@ -47,15 +47,15 @@ ROUNDOFF = 1e-10  # errors below this are float64 roundoff of paths of length ~ 
 def euler_end(mixture, z, schedule, sigmas):
     """PF-ODE by Euler in ``schedule``'s coordinates over the grid ``sigmas`` (a static tuple)."""
     out, _ = euler.sample_euler(mixture.denoise_ve, z, jax.random.PRNGKey(0), np.asarray(sigmas),
-                                1.0, schedule)
+                                c=1.0, step_schedule=schedule)
     return out
 
 
 @functools.partial(jax.jit, static_argnames=("sigmas", "rtol", "atol"))
 def reference_path(mixture, z, sigmas, rtol, atol):
     """The PF-ODE path at every level of ``sigmas`` (a static tuple), start included."""
-    _, info = ode.sample_ode(mixture.denoise_ve, z, None, np.asarray(sigmas), rtol, atol,
-                             trajectory=True, max_steps=16384)
+    _, info = ode.sample_ode(mixture.denoise_ve, z, None, np.asarray(sigmas), rtol=rtol,
+                             atol=atol, trajectory=True, max_steps=16384)
     return jnp.concatenate([z[None], info["trajectory"]]), info["num_steps"]
 
 

@@ -51,8 +51,8 @@ def make_reverse(mixture, schedule, c: float, sigmas: np.ndarray, checkpoints: n
 
     @jax.jit
     def reverse(z, key):
-        _, info = euler.sample_euler(mixture.denoise_ve, z, key, sigmas, c, schedule,
-                                     trajectory=True)
+        _, info = euler.sample_euler(mixture.denoise_ve, z, key, sigmas, c=c,
+                                     step_schedule=schedule, trajectory=True)
         # trajectory[i] is z at sigmas[i + 1].
         return jnp.concatenate([z[None], info["trajectory"][checkpoints[1:] - 1]])
 

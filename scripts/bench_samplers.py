@@ -38,6 +38,7 @@ import numpy as np
 
 from diffusion_lv.eval.metrics import sliced_wasserstein
 from diffusion_lv.oracle import GaussianMixture, random_anisotropic, ring
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.samplers import SamplerConfig, initial_noise, sample
 from diffusion_lv.samplers.multistep import (
     dpmpp_2m_weights,
@@ -51,6 +52,7 @@ from diffusion_lv.schedules import VEKarras
 SIGMA_MAX = 80.0
 BASE = dict(grid="karras", sigma_min=0.002, sigma_max=SIGMA_MAX, rho=7.0)
 SCHEDULE = VEKarras()
+MODEL = Parameterization(SCHEDULE, "x0")  # how `sample` reads the oracle's model_fn
 
 
 def best_config(nfe: int) -> SamplerConfig:
@@ -87,7 +89,7 @@ SAMPLER_ROWS = {
     "dpmpp_2m_sde (c=2)": (lambda n: SamplerConfig(name="dpmpp_2m_sde", nfe=n, **BASE), False),
     "dpmpp_3m_sde (c=2)": (lambda n: SamplerConfig(name="dpmpp_3m_sde", nfe=n, **BASE), False),
     "pc (euler + 1 corrector)": (
-        lambda n: SamplerConfig(name="pc", nfe=n, corrector_steps=1, snr=None, **BASE), False
+        lambda n: SamplerConfig(name="pc", nfe=n, corrector_steps=1, snr="split", **BASE), False
     ),
     "smld (2 steps/level)": (
         lambda n: SamplerConfig(name="smld", nfe=n, langevin_steps=2, langevin_step_size=0.2,
@@ -110,17 +112,18 @@ def ode_reference(gm, z_T):
         z = jnp.asarray(z_T, jnp.float64)
         sigmas = np.array([SIGMA_MAX, 1e-4, 0.0])
         x, info = jax.jit(
-            lambda: sample_ode(gm.denoise_ve, z, None, sigmas, 1e-9, 1e-9, max_steps=100_000)
+            lambda: sample_ode(gm.denoise_ve, z, None, sigmas, rtol=1e-9, atol=1e-9,
+                               max_steps=100_000)
         )()
         return np.asarray(x, np.float64), int(info["nfe"])
 
 
 def run_config(gm, cfg, batch, key):
     """Compile time, run time and output of ``sample`` for one configuration."""
-    model = gm.model_fn(SCHEDULE, "x0")
+    model_fn = gm.model_fn(SCHEDULE, MODEL.prediction)
 
     def draw(key):
-        x, info = sample(model, "x0", SCHEDULE, key, (batch, gm.dim), cfg)
+        x, info = sample(model_fn, MODEL, key, (batch, gm.dim), cfg)
         return x, info["nfe"]
 
     start = time.perf_counter()

@@ -23,6 +23,7 @@ import pytest
 
 from diffusion_lv.eval.metrics import sliced_wasserstein
 from diffusion_lv.oracle import GaussianMixture, random_anisotropic
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.samplers import (
     SamplerConfig,
     get_sigmas,
@@ -80,7 +81,9 @@ def test_ode_solvers_converge_at_their_order(name, x64):
 def test_adaptive_ode_reference_meets_the_closed_form(x64):
     gm, z_T, exact = _gaussian()
     sigmas = np.array([SIGMA_MAX, SIGMA_MIN])
-    z, info = jax.jit(lambda: sample_ode(gm.denoise_ve, z_T, None, sigmas, 1e-10, 1e-10))()
+    z, info = jax.jit(
+        lambda: sample_ode(gm.denoise_ve, z_T, None, sigmas, rtol=1e-10, atol=1e-10)
+    )()
     error = float(jnp.max(jnp.abs(z - exact)))
     assert error < 1e-7, error  # tolerance 1e-10 per unit log-sigma over ~8.3 units
     assert int(info["num_steps"]) < 2000
@@ -114,11 +117,9 @@ def problem():
 
 def _draw(gm, name, schedule, kind, nfe, **kwargs):
     cfg = SamplerConfig(name=name, nfe=nfe, sigma_max=50.0, sigma_min=0.005, **kwargs)
-    sigma_data = gm.std() if kind == "edm" else 0.5
-    model = gm.model_fn(schedule, kind)
-    run = jax.jit(
-        lambda k: sample(model, kind, schedule, k, (N_SAMPLES, 2), cfg, sigma_data)[0]
-    )
+    model = Parameterization(schedule, kind, gm.std() if kind == "edm" else 0.5)
+    model_fn = gm.model_fn(schedule, kind)
+    run = jax.jit(lambda k: sample(model_fn, model, k, (N_SAMPLES, 2), cfg)[0])
     return run(jax.random.PRNGKey(0))
 
 
@@ -135,7 +136,7 @@ REACH_CASES = [
     ("dpmpp_2m_sde", VP(), "eps", 200, {}),
     ("dpmpp_3m_sde", VP(), "eps", 200, dict(c=1.5)),
     ("pc", VP(), "score", 400, dict(predictor="ddpm", snr=0.16)),
-    ("pc", VP(), "score", 400, dict(predictor="euler", c=2.0, snr=None)),
+    ("pc", VP(), "score", 400, dict(predictor="euler", c=2.0, snr="split")),
     ("smld", VEKarras(), "x0", 3001, dict(grid="log_snr", langevin_steps=100,
                                           langevin_step_size=0.2)),
     ("ode", VEKarras(), "x0", 1, dict(rtol=1e-5, atol=1e-5)),
@@ -173,8 +174,9 @@ def test_reverse_split_has_the_forward_marginals_on_the_way(problem, c):
     n = N_SAMPLES
     cfg = SamplerConfig(name="euler", nfe=201, grid="log_snr", sigma_max=50.0, sigma_min=0.01,
                         c=c, step_schedule="vp", trajectory=True)
+    model = Parameterization(VP(), "eps")
     info = jax.jit(
-        lambda k: sample(gm.model_fn(VP(), "eps"), "eps", VP(), k, (n, 2), cfg)[1]
+        lambda k: sample(gm.model_fn(VP(), "eps"), model, k, (n, 2), cfg)[1]
     )(jax.random.PRNGKey(1))
     sigmas = info["sigmas"]
     distance = jax.jit(

@@ -1,4 +1,9 @@
-"""Sampler API: validation, grids, exact NFE, keys, jit, and exact identities between samplers."""
+"""Sampler API: validation, options, grids, exact NFE, keys, jit, and exact identities between
+samplers."""
+
+import dataclasses
+import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +11,11 @@ import numpy as np
 import pytest
 
 from diffusion_lv.oracle import GaussianMixture, ring
+from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.samplers import (
+    COMMON_FIELDS,
+    CONFIG_KEYS,
+    SAMPLERS,
     SamplerConfig,
     get_sigmas,
     initial_noise,
@@ -17,53 +26,141 @@ from diffusion_lv.samplers import (
     sample_euler,
     sample_exponential_multistep,
     sample_heun,
+    sample_pc,
 )
+from diffusion_lv.samplers.ddim import ddim_step
 from diffusion_lv.schedules import VP, CosineVP, RectifiedFlow, VEKarras
 
 # -- validation ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "kwargs, key",
-    [
-        (dict(name="nope"), "name"),
-        (dict(grid="cosine"), "grid"),
-        (dict(nfe=0), "nfe"),
-        (dict(nfe=-3), "nfe"),
-        (dict(sigma_min=1.0, sigma_max=0.5), "sigma_min"),
-        (dict(sigma_min=-1.0), "sigma_min"),
-        (dict(c=0.5), "c"),
-        (dict(name="heun", c=2.0), "c"),
-        (dict(name="ddim", eta=1.5), "eta"),
-        (dict(name="pc", predictor="heun"), "predictor"),
-        (dict(step_schedule="nope"), "step_schedule"),
-        (dict(name="heun", nfe=1), "nfe"),
-        (dict(name="pc", nfe=2, corrector_steps=3), "nfe"),
-        (dict(rho=0.0), "rho"),
-        (dict(name="ode", ode_solver="euler"), "ode_solver"),
-        (dict(langevin_steps=0), "langevin_steps"),
-    ],
-)
-def test_bad_config_raises_naming_the_key(kwargs, key):
-    with pytest.raises(ValueError, match=key):
+BAD_CONFIGS = [  # (settings, the key its message starts with)
+    (dict(name="nope"), "name"), (dict(grid="cosine"), "grid"), (dict(nfe=0), "nfe"),
+    (dict(nfe=True), "nfe"), (dict(name="heun", nfe=1), "nfe"),
+    (dict(name="pc", nfe=2, corrector_steps=3), "nfe"), (dict(sigma_min=-1.0), "sigma_min"),
+    (dict(sigma_max=float("inf")), "sigma_max"), (dict(rho=0.0), "rho"),
+    (dict(final_denoise="yes"), "final_denoise"), (dict(grid_schedule="nope"), "grid_schedule"),
+    (dict(c=0.5), "c"), (dict(c="2"), "c"), (dict(name="heun", c=2.0), "c"),
+    (dict(step_schedule="nope"), "step_schedule"), (dict(name="ddim", eta=1.5), "eta"),
+    (dict(name="heun", s_churn=-1.0), "s_churn"), (dict(name="heun", s_tmin=5.0, s_tmax=1.0),
+                                                   "s_tmin"),
+    (dict(name="pc", predictor="heun"), "predictor"), (dict(name="pc", snr=0.0), "snr"),
+    (dict(name="pc", corrector_steps=-1), "corrector_steps"),
+    (dict(name="pc", predictor="ddpm", c=2.0), "c"), (dict(name="pc", eta=0.5), "eta"),
+    (dict(name="pc", predictor="ddim", step_schedule="vp"), "step_schedule"),
+    (dict(name="ode", ode_solver="euler"), "ode_solver"), (dict(name="ode", rtol=0.0), "rtol"),
+    (dict(name="ode", max_steps=2.5), "max_steps"),
+    (dict(name="smld", langevin_steps=0), "langevin_steps"),
+    (dict(name="smld", langevin_step_size=-0.1), "langevin_step_size"),
+    (dict(name="smld", trajectory=True), "trajectory"),
+]
+
+
+@pytest.mark.parametrize("kwargs, key", BAD_CONFIGS)
+def test_bad_config_raises_starting_with_the_key(kwargs, key):
+    # "<key>=<value>" first: the config layer puts "config.sampler." in front.
+    with pytest.raises(ValueError, match=f"^{key}="):
         SamplerConfig(**kwargs)
 
 
-def test_unknown_sampler_lists_valid_choices():
+# -- per-sampler options ------------------------------------------------------------------
+
+
+def test_an_option_the_sampler_does_not_read_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"^eta=0\.5 is not read by sampler 'heun'") as info:
+        SamplerConfig(name="heun", nfe=35, eta=0.5)
+    message = str(info.value)
+    assert all(option in message for option in SAMPLERS["heun"].options)  # heun's options
+    assert "'ddim'" in message  # and who reads eta
+    with pytest.raises(ValueError, match="^c=1.0 is not read by sampler 'ddpm'"):
+        SamplerConfig(name="ddpm", c=1.0)
+
+
+def test_an_unknown_name_or_key_lists_the_valid_ones():
     with pytest.raises(ValueError, match="dpmpp_3m"):
         SamplerConfig(name="dpm_fast")
+    with pytest.raises(ValueError, match="^etta=0.5 is not a sampler setting") as info:
+        SamplerConfig(name="ddim", etta=0.5)
+    assert all(repr(key) in str(info.value) for key in CONFIG_KEYS)
+    with pytest.raises(ValueError, match="^etta=None"):
+        SamplerConfig(name="ddim", etta=None)  # None is "not set", a misspelling still fails
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_options_given_as_none_are_not_set(name):
+    unset = {key: None for key in CONFIG_KEYS if key not in COMMON_FIELDS}
+    cfg = SamplerConfig(name=name, nfe=12, **unset)
+    assert cfg == SamplerConfig(name=name, nfe=12) and cfg.options == ()
+    assert cfg.resolved_options == dict(SAMPLERS[name].options)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_options_are_the_family_functions_keyword_only_parameters(name):
+    spec = SAMPLERS[name]
+    parameters = inspect.signature(spec.family).parameters.values()
+    keyword_only = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+    set_by_sampler = {"trajectory", *spec.fixed, *spec.fixed_by_budget}
+    expected = {k: spec.defaults.get(k, v) for k, v in keyword_only.items()
+                if k not in set_by_sampler}
+    assert dict(spec.options) == expected
+    assert all(p.kind is not p.POSITIONAL_OR_KEYWORD or p.default is p.empty for p in parameters)
+    # Every option is validated on construction: the check takes exactly the options.
+    checked = [] if spec.check is None else list(inspect.signature(spec.check).parameters)
+    assert sorted(checked) == sorted(spec.options)
+
+
+def test_config_keys_are_the_common_fields_and_every_option():
+    options = {key for spec in SAMPLERS.values() for key in spec.options}
+    assert set(CONFIG_KEYS) == set(COMMON_FIELDS) | options
+    assert len(CONFIG_KEYS) == len(set(CONFIG_KEYS))
+    assert set(COMMON_FIELDS) == {f.name for f in dataclasses.fields(SamplerConfig)} - {"options"}
+    assert SamplerConfig(name="dpmpp_2m_sde").resolved_options == {"c": 2.0}  # its own default
+    assert SamplerConfig(name="dpmpp_3m").resolved_options == {"c": 1.0}
+
+
+def test_equal_configs_are_equal_and_hash_equal():
+    a = SamplerConfig(name="euler", nfe=200, c=2.0, step_schedule="vp")
+    b = SamplerConfig(step_schedule="vp", nfe=200, c=2, name="euler", eta=None)
+    assert a == b and hash(a) == hash(b) and a.options == (("c", 2.0), ("step_schedule", "vp"))
+    assert a != SamplerConfig(name="euler", nfe=200, c=3.0, step_schedule="vp")
+    assert dataclasses.replace(a, nfe=8) == SamplerConfig(name="euler", nfe=8, c=2.0,
+                                                          step_schedule="vp")
+    assert dataclasses.replace(a, c=3.0).resolved_options["c"] == 3.0
+    assert eval(repr(a)) == a  # the repr is the keyword construction
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.nfe = 3
+    cached = functools.lru_cache(lambda cfg: [cfg])
+    assert cached(a) is cached(b)  # one cache entry
+
+
+def test_sigma_range_is_checked_once_with_the_resolved_values():
+    ve = VEKarras()
+    assert SamplerConfig().sigma_range(ve) == (ve.sigma_ve_min, ve.sigma_ve_max)
+    assert SamplerConfig(sigma_min=0.1, sigma_max=10.0).sigma_range(ve) == (0.1, 10.0)
+    with pytest.raises(ValueError, match=r"^sigma_min=0\.001 is outside the schedule's noise "
+                       r"range; valid: \[0\.002, 80\] \(sigma_ve of VEKarras\("):
+        SamplerConfig(sigma_min=0.001).sigma_range(ve)
+    with pytest.raises(ValueError, match="^sigma_max=10000.0 is outside"):
+        SamplerConfig(sigma_max=1e4).sigma_range(ve)
+    with pytest.raises(ValueError, match=r"^sigma_min=5\.0 must be < sigma_max=1\.0"):
+        SamplerConfig(sigma_min=5.0, sigma_max=1.0).sigma_range(ve)
+    with pytest.raises(ValueError, match=r"^sigma_min=90\.0 is outside"):
+        SamplerConfig(sigma_min=90.0).sigma_range(ve)  # above the default sigma_max
 
 
 def test_sample_rejects_bad_inputs_before_compiling():
     gm = ring()
-    model = gm.model_fn(VP(), "eps")
+    model = Parameterization(VP(), "eps")
+    model_fn = gm.model_fn(VP(), "eps")
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="safe range"):
-        sample(model, "eps", VP(), key, (4, 2), SamplerConfig(sigma_max=1e4))
-    with pytest.raises(ValueError, match="prediction"):
-        sample(model, "noise", VP(), key, (4, 2), SamplerConfig())
-    with pytest.raises(ValueError, match="shape"):
-        sample(model, "eps", VP(), key, (4,), SamplerConfig())
+    with pytest.raises(ValueError, match="^sigma_max=10000.0 is outside"):
+        sample(model_fn, model, key, (4, 2), SamplerConfig(sigma_max=1e4))
+    with pytest.raises(ValueError, match="^model="):
+        sample(model_fn, "eps", key, (4, 2), SamplerConfig())
+    with pytest.raises(ValueError, match="^cfg="):
+        sample(model_fn, model, key, (4, 2), {"name": "euler"})
+    with pytest.raises(ValueError, match="^shape="):
+        sample(model_fn, model, key, (4,), SamplerConfig())
 
 
 # -- grids ----------------------------------------------------------------------------------
@@ -114,12 +211,12 @@ def _counting(denoiser, count):
 def test_info_nfe_is_the_exact_number_of_model_calls(name, nfe, kwargs, expected):
     gm = ring()
     count = [0]
-    model = _counting(gm.model_fn(VEKarras(), "x0"), count)
+    model_fn = _counting(gm.model_fn(VEKarras(), "x0"), count)
     cfg = SamplerConfig(name=name, nfe=nfe, **kwargs)
     traced = {}
 
     def run(key):
-        x, info = sample(model, "x0", VEKarras(), key, (4, 2), cfg)
+        x, info = sample(model_fn, Parameterization(VEKarras(), "x0"), key, (4, 2), cfg)
         traced.update(info)
         return x
 
@@ -132,11 +229,10 @@ def test_info_nfe_is_the_exact_number_of_model_calls(name, nfe, kwargs, expected
 def test_adaptive_ode_reports_its_traced_nfe():
     gm = ring()
     count = [0]
-    model = _counting(gm.model_fn(VEKarras(), "x0"), count)
+    model_fn = _counting(gm.model_fn(VEKarras(), "x0"), count)
     cfg = SamplerConfig(name="ode", rtol=1e-3, atol=1e-3)
-    x, info = jax.jit(lambda k: sample(model, "x0", VEKarras(), k, (4, 2), cfg))(
-        jax.random.PRNGKey(0)
-    )
+    model = Parameterization(VEKarras(), "x0")
+    x, info = jax.jit(lambda k: sample(model_fn, model, k, (4, 2), cfg))(jax.random.PRNGKey(0))
     x.block_until_ready()
     jax.effects_barrier()
     assert int(info["nfe"]) == count[0] > 7
@@ -156,11 +252,10 @@ def test_budgets_share_the_initial_noise(name, x64):
     key = jax.random.PRNGKey(3)
     lo, hi = 0.01, 40.0
     expected = initial_noise(key, (5, 3), hi) * (lo / hi)
+    model = Parameterization(VEKarras(), "x0")
     for nfe in (3, 8):
         cfg = SamplerConfig(name=name, nfe=nfe, sigma_min=lo, sigma_max=hi, final_denoise=False)
-        x = jax.jit(lambda k, cfg=cfg: sample(_zero_model, "x0", VEKarras(), k, (5, 3), cfg)[0])(
-            key
-        )
+        x = jax.jit(lambda k, cfg=cfg: sample(_zero_model, model, k, (5, 3), cfg)[0])(key)
         np.testing.assert_allclose(x, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -171,7 +266,8 @@ def test_budgets_share_the_initial_noise(name, x64):
 def test_same_key_same_samples_other_key_other_samples(name, kwargs):
     gm = ring()
     cfg = SamplerConfig(name=name, nfe=6, sigma_max=10.0, sigma_min=0.01, **kwargs)
-    run = jax.jit(lambda k: sample(gm.model_fn(VP(), "eps"), "eps", VP(), k, (8, 2), cfg)[0])
+    model = Parameterization(VP(), "eps")
+    run = jax.jit(lambda k: sample(gm.model_fn(VP(), "eps"), model, k, (8, 2), cfg)[0])
     a, b, c = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
@@ -194,20 +290,40 @@ def test_settings_without_noise_draw_no_random_numbers():
         assert np.all(np.isfinite(jax.jit(lambda run=run: run()[0])()))
 
 
+def test_low_level_samplers_run_the_same_checks_and_take_keyword_options():
+    d = ring().denoise_ve
+    z = 10.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+    s = get_sigmas("karras", 5, 0.01, 10.0, with_final_zero=True)
+    with pytest.raises(ValueError, match="^eta=2.0 is not valid"):
+        sample_ddim(d, z, None, s, eta=2.0)
+    with pytest.raises(ValueError, match="^c=0.5 is not valid"):
+        sample_euler(d, z, None, s, c=0.5)
+    with pytest.raises(ValueError, match="^eta=0.3 is not read by predictor='ddpm'"):
+        sample_pc(d, z, None, s, predictor="ddpm", eta=0.3)
+    with pytest.raises(TypeError):
+        sample_ddim(d, z, None, s, 0.5)
+    # pc's predictor: a name, or any one-evaluation step (z, sigma, sigma_next, key) -> z_next.
+    key = jax.random.PRNGKey(1)
+    named, _ = sample_pc(d, z, key, s, predictor="ddim", eta=0.3, snr="split")
+    step = lambda z, sigma, sigma_next, key: ddim_step(d, z, sigma, sigma_next, key, 0.3)
+    np.testing.assert_array_equal(named, sample_pc(d, z, key, s, predictor=step, snr="split")[0])
+
+
 # -- jit and trajectories ----------------------------------------------------------------
 
 
 def test_sample_inside_an_outer_jit_with_traced_parameters():
     gm = ring()
     cfg = SamplerConfig(name="dpmpp_3m", nfe=6, sigma_max=10.0, sigma_min=0.01)
+    model = Parameterization(CosineVP(), "v")
 
     @jax.jit
     def run(params, key):
-        return sample(params.model_fn(CosineVP(), "v"), "v", CosineVP(), key, (8, 2), cfg)[0]
+        return sample(params.model_fn(CosineVP(), "v"), model, key, (8, 2), cfg)[0]
 
     x = run(gm, jax.random.PRNGKey(0))
     closed_over = jax.jit(
-        lambda key: sample(gm.model_fn(CosineVP(), "v"), "v", CosineVP(), key, (8, 2), cfg)[0]
+        lambda key: sample(gm.model_fn(CosineVP(), "v"), model, key, (8, 2), cfg)[0]
     )(jax.random.PRNGKey(0))
     np.testing.assert_allclose(x, closed_over, rtol=1e-5, atol=1e-5)
 
@@ -215,11 +331,12 @@ def test_sample_inside_an_outer_jit_with_traced_parameters():
 @pytest.mark.parametrize("name", ["heun", "dpmpp_3m", "ode"])
 def test_trajectory_only_when_asked(name):
     gm = ring()
+    model = Parameterization(VP(), "eps")
     for trajectory in (True, False):
         cfg = SamplerConfig(name=name, nfe=8, sigma_max=10.0, sigma_min=0.01,
                             trajectory=trajectory)
         info = jax.jit(
-            lambda k, cfg=cfg: sample(gm.model_fn(VP(), "eps"), "eps", VP(), k, (3, 2), cfg)[1]
+            lambda k, cfg=cfg: sample(gm.model_fn(VP(), "eps"), model, k, (3, 2), cfg)[1]
         )(jax.random.PRNGKey(0))
         if trajectory:
             assert info["trajectory"].shape == (len(info["sigmas"]) - 1, 3, 2)
@@ -269,7 +386,9 @@ def test_euler_in_ve_and_rf_is_exact_on_one_point_but_not_in_vp(x64):
     s = get_sigmas("karras", 4, lo, hi)
     errors = {}
     for schedule in (VEKarras(), RectifiedFlow(), VP()):
-        run = jax.jit(lambda sch=schedule: sample_euler(gm.denoise_ve, z, None, s, 1.0, sch)[0])
+        run = jax.jit(
+            lambda sch=schedule: sample_euler(gm.denoise_ve, z, None, s, step_schedule=sch)[0]
+        )
         out = run()
         errors[schedule.name] = float(jnp.max(jnp.abs(out - exact)))
     assert errors["ve"] < 1e-12 and errors["rf"] < 1e-12

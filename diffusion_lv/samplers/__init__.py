@@ -1,11 +1,16 @@
 """Samplers: every reverse process as one compiled program over the canonical denoiser.
 
-High level: ``sample(model_fn, prediction, schedule, key, shape, SamplerConfig(...))``.
-Low level: ``sample_<family>(denoiser, z_T, key, sigmas, ...)`` with ``denoiser(z, sigma_ve)``
-(conventions in base.py) and a grid from grids.py.
+High level: ``sample(model_fn, model, key, shape, SamplerConfig(name=..., nfe=..., **options))``
+with ``model`` a ``Parameterization`` (schedule, prediction, sigma_data) that says how to read
+``model_fn(x, t)``. ``CONFIG_KEYS``: every valid setting; ``SAMPLERS[name].options``: the
+options sampler ``name`` reads, with their defaults.
+Low level: ``sample_<family>(denoiser, z_T, key, sigmas, *, options...)`` with
+``denoiser(z, sigma_ve)`` (conventions in base.py) and a grid from grids.py.
 """
 
 from diffusion_lv.samplers.api import (
+    COMMON_FIELDS,
+    CONFIG_KEYS,
     PREDICTORS,
     SAMPLERS,
     SamplerConfig,
@@ -23,6 +28,8 @@ from diffusion_lv.samplers.pc import langevin_corrector_step, sample_pc
 from diffusion_lv.samplers.smld import sample_smld
 
 __all__ = [
+    "COMMON_FIELDS",
+    "CONFIG_KEYS",
     "GRIDS",
     "PREDICTORS",
     "SAMPLERS",

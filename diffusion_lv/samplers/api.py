@@ -1,11 +1,19 @@
 """``sample``: any model, in any schedule, with any sampler, as one jit-able function.
 
+    model = Parameterization(RectifiedFlow(), "velocity")
     cfg = SamplerConfig(name="dpmpp_3m", nfe=20, grid="log_snr")
-    x0, info = sample(model_fn, "velocity", RectifiedFlow(), key, (batch, dim), cfg)
+    x0, info = sample(model_fn, model, key, (batch, dim), cfg)
 
-``model_fn(x, t)`` returns the native prediction of kind ``prediction`` in ``schedule``'s own
-coordinates (a trained network, or ``GaussianMixture.model_fn(schedule, kind)``); it is seen by
-every sampler as the canonical denoiser ``D(z, sigma_ve)`` (``convert.as_ve_denoiser``).
+``model_fn(x, t)`` returns the native prediction ``model.prediction`` in ``model.schedule``'s
+own coordinates (a trained network through ``Parameterization.model_fn``, or the oracle's
+``GaussianMixture.model_fn(schedule, prediction)``); every sampler sees it as the canonical
+denoiser ``D(z, sigma_ve)`` (``model.ve_denoiser(model_fn)``).
+
+Settings: ``SamplerConfig`` holds the fields every sampler reads (``COMMON_FIELDS``) and the
+options of the chosen sampler. A sampler's options are the keyword-only parameters of its family
+function with their defaults (``SAMPLERS[name].options``), so an option is added in one place.
+An option the chosen sampler does not read is a ``ValueError``; an option given as None is not
+set (the sampler's default applies). ``CONFIG_KEYS`` lists every valid key.
 
 Conventions:
 
@@ -13,8 +21,9 @@ Conventions:
   whole steps and ``info["nfe"]`` is the exact count used (a Python int). The adaptive ``ode``
   reference ignores ``nfe`` and reports a traced count.
 * Noise levels: the grid runs from ``sigma_max`` to ``sigma_min`` (default: the model schedule's
-  safe range ``[sigma_ve(t_min), sigma_ve(t_max)]``); ``final_denoise=True`` ends with
-  ``D(z, sigma_min)`` (one evaluation), ``False`` returns the state at ``sigma_min``.
+  safe range ``[sigma_ve(t_min), sigma_ve(t_max)]``, checked by ``SamplerConfig.sigma_range``);
+  ``final_denoise=True`` ends with ``D(z, sigma_min)`` (one evaluation), ``False`` returns the
+  state at ``sigma_min``.
 * Randomness: ``x_T = sigma_max * N(0, I)`` from ``fold_in(key, 0)`` whatever the sampler and
   budget; steps draw from ``fold_in(key, 1)`` folded with the step index.
 * The output is in data space (``alpha(0) = 1`` for every schedule).
@@ -23,295 +32,244 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from diffusion_lv import convert
-from diffusion_lv.samplers import ddim, euler, grids, heun, multistep, ode, pc, smld
-from diffusion_lv.schedules import Schedule, get_schedule
+from diffusion_lv import checks
+from diffusion_lv.parameterization import Parameterization
+from diffusion_lv.samplers import base, ddim, euler, grids, heun, multistep, ode, pc, smld
+from diffusion_lv.schedules import Schedule
 
 Array = jax.Array
 
+COMMON_FIELDS = (
+    "name", "nfe", "grid", "sigma_min", "sigma_max", "rho", "final_denoise", "grid_schedule",
+    "trajectory",
+)
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class SamplerSpec:
-    """A registered sampler: how a budget becomes grid levels, and how to run it."""
+    """A registered sampler: its family function, how a budget becomes grid levels, its options.
 
-    run: Callable  # (denoiser, z, key, sigmas, cfg) -> (z, info)
-    levels_for_budget: Callable  # (evals after the final denoise, cfg) -> number of levels
-    uses_c: bool  # accepts a rate c != 1
-    default_c: float = 1.0
-    description: str = ""
+    ``options`` (name -> default, read-only) are the family's keyword-only parameters except
+    ``trajectory`` (a common field) and those the sampler sets itself (``fixed``,
+    ``fixed_by_budget``); ``defaults`` replaces a family default. ``check(**options)`` validates
+    them (the family function runs the same check).
+    """
+
+    family: Callable  # (denoiser, z, key, sigmas, *, options..., trajectory) -> (z, info)
+    levels_for_budget: Callable[[int, Mapping], int]  # (evals after the final denoise, options)
+    description: str
+    check: Callable[..., None] | None = None
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fixed_by_budget: Mapping[str, Callable[[int], Any]] = dataclasses.field(default_factory=dict)
     min_levels: int = 2  # a step needs two levels; SMLD can run at a single level
+    options: Mapping[str, Any] = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        parameters = inspect.signature(self.family).parameters.values()
+        keywords = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+        internal = {"trajectory", *self.fixed, *self.fixed_by_budget}
+        options = {k: self.defaults.get(k, v) for k, v in keywords.items() if k not in internal}
+        if set(self.defaults) - set(options):
+            raise ValueError(f"defaults {sorted(self.defaults)} name no option of {options}")
+        object.__setattr__(self, "options", types.MappingProxyType(options))
+
+    @property
+    def keeps_trajectory(self) -> bool:
+        return "trajectory" in inspect.signature(self.family).parameters
+
+    def fixed_keywords(self, budget: int) -> dict:
+        return {**self.fixed, **{k: value(budget) for k, value in self.fixed_by_budget.items()}}
 
 
-def _steps_plus_one(evals_per_step: int):
-    def levels(budget, cfg):
-        return budget // evals_per_step + 1
-
-    return levels
+def _one_level_per_eval(budget, options):
+    return budget + 1
 
 
-def _heun_levels(budget, cfg):
+def _heun_levels(budget, options):
     return (budget + 1) // 2 + 1  # an odd budget ends with one Euler step
 
 
-def _pc_levels(budget, cfg):
-    return budget // (1 + cfg.corrector_steps) + 1
+def _pc_levels(budget, options):
+    return budget // (1 + options["corrector_steps"]) + 1
 
 
-def _smld_levels(budget, cfg):
-    return budget // cfg.langevin_steps
+def _smld_levels(budget, options):
+    return budget // options["langevin_steps"]
 
 
-def _ode_levels(budget, cfg):
+def _ode_levels(budget, options):
     return 2
 
 
-def _run_euler(denoiser, z, key, sigmas, cfg):
-    return euler.sample_euler(
-        denoiser, z, key, sigmas, cfg.rate, cfg.resolved_step_schedule, cfg.trajectory
-    )
+def _is_odd(budget):
+    return budget % 2 == 1
 
-
-def _run_heun(denoiser, z, key, sigmas, cfg):
-    budget = cfg.nfe - (1 if cfg.final_denoise else 0)
-    return heun.sample_heun(
-        denoiser, z, key, sigmas, cfg.s_churn, cfg.s_tmin, cfg.s_tmax, cfg.s_noise,
-        cfg.resolved_step_schedule, euler_last=budget % 2 == 1, trajectory=cfg.trajectory,
-    )
-
-
-def _run_ddim(denoiser, z, key, sigmas, cfg):
-    return ddim.sample_ddim(denoiser, z, key, sigmas, cfg.eta, cfg.trajectory)
-
-
-def _run_ddpm(denoiser, z, key, sigmas, cfg):
-    return ddim.sample_ddpm(denoiser, z, key, sigmas, cfg.trajectory)
-
-
-def _run_dpmpp_2m(denoiser, z, key, sigmas, cfg):
-    return multistep.sample_dpmpp_2m(denoiser, z, key, sigmas, cfg.trajectory)
-
-
-def _exponential(order):
-    def run(denoiser, z, key, sigmas, cfg):
-        return multistep.sample_exponential_multistep(
-            denoiser, z, key, sigmas, order, cfg.rate, cfg.trajectory
-        )
-
-    return run
-
-
-def _predictor(denoiser, cfg):
-    if cfg.predictor == "euler":
-        schedule = cfg.resolved_step_schedule
-        return lambda z, s, s_next, k: euler.split_euler_step(
-            denoiser, z, s, s_next, k, cfg.rate, schedule
-        )
-    eta = cfg.eta if cfg.predictor == "ddim" else 1.0
-    return lambda z, s, s_next, k: ddim.ddim_step(denoiser, z, s, s_next, k, eta)
-
-
-def _run_pc(denoiser, z, key, sigmas, cfg):
-    return pc.sample_pc(
-        denoiser, z, key, sigmas, _predictor(denoiser, cfg), cfg.corrector_steps, cfg.snr,
-        cfg.trajectory,
-    )
-
-
-def _run_smld(denoiser, z, key, sigmas, cfg):
-    return smld.sample_smld(denoiser, z, key, sigmas, cfg.langevin_steps, cfg.langevin_step_size)
-
-
-def _run_ode(denoiser, z, key, sigmas, cfg):
-    return ode.sample_ode(
-        denoiser, z, key, sigmas, cfg.rtol, cfg.atol, cfg.ode_solver, cfg.max_steps,
-        cfg.trajectory,
-    )
-
-
-_ONE = _steps_plus_one(1)
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "euler": SamplerSpec(
-        _run_euler, _ONE, uses_c=True,
+        euler.sample_euler, _one_level_per_eval, check=euler.check_euler,
         description="Euler(-Maruyama) on the reverse split with rate c, in step_schedule's "
         "coordinates (c=1 PF-ODE, c=2 reverse SDE, c>2 Langevin churn)",
     ),
     "heun": SamplerSpec(
-        _run_heun, _heun_levels, uses_c=False,
+        heun.sample_heun, _heun_levels, check=heun.check_heun,
+        fixed_by_budget={"euler_last": _is_odd},
         description="Heun on the PF-ODE (2 evaluations per step); s_churn > 0: EDM's "
         "stochastic Heun",
     ),
     "ddim": SamplerSpec(
-        _run_ddim, _ONE, uses_c=False,
+        ddim.sample_ddim, _one_level_per_eval, check=ddim.check_eta,
         description="DDIM(eta): exact Gaussian transitions keeping q(z_sigma' | x0 = D)",
     ),
     "ddpm": SamplerSpec(
-        _run_ddpm, _ONE, uses_c=False, description="DDPM ancestral sampling (DDIM, eta = 1)"
+        ddim.sample_ddpm, _one_level_per_eval,
+        description="DDPM ancestral sampling (DDIM, eta = 1)",
     ),
     "dpmpp_2m": SamplerSpec(
-        _run_dpmpp_2m, _ONE, uses_c=False,
+        multistep.sample_dpmpp_2m, _one_level_per_eval,
         description="DPM-Solver++(2M) exactly as published (the usual baseline)",
     ),
     "dpmpp_3m": SamplerSpec(
-        _exponential(3), _ONE, uses_c=True,
+        multistep.sample_exponential_multistep, _one_level_per_eval, check=base.check_rate,
+        fixed={"order": 3},
         description="third-order exponential multistep in log-SNR (DPM-Solver++(3M), "
         "derived); c > 1: its SDE variant",
     ),
     "dpmpp_2m_sde": SamplerSpec(
-        _exponential(2), _ONE, uses_c=True, default_c=2.0,
+        multistep.sample_exponential_multistep, _one_level_per_eval, check=base.check_rate,
+        fixed={"order": 2}, defaults={"c": 2.0},
         description="second-order exponential multistep on the reverse split with rate c "
         "(default 2: reverse SDE), exact in the linear part",
     ),
     "dpmpp_3m_sde": SamplerSpec(
-        _exponential(3), _ONE, uses_c=True, default_c=2.0,
+        multistep.sample_exponential_multistep, _one_level_per_eval, check=base.check_rate,
+        fixed={"order": 3}, defaults={"c": 2.0},
         description="third-order exponential multistep on the split with rate c (default 2)",
     ),
     "pc": SamplerSpec(
-        _run_pc, _pc_levels, uses_c=True,
+        pc.sample_pc, _pc_levels, check=pc.check_pc,
         description="predictor (euler with rate c, ddim or ddpm) + Langevin corrector steps "
-        "at the current level (target snr)",
+        "at the current level (target snr, or 'split')",
     ),
     "smld": SamplerSpec(
-        _run_smld, _smld_levels, uses_c=False, min_levels=1,
+        smld.sample_smld, _smld_levels, check=smld.check_smld, min_levels=1,
         description="annealed Langevin dynamics (SMLD): langevin_steps per noise level",
     ),
     "ode": SamplerSpec(
-        _run_ode, _ode_levels, uses_c=False,
+        ode.sample_ode, _ode_levels, check=ode.check_ode,
         description="adaptive PF-ODE solve with diffrax (rtol, atol); ignores nfe",
     ),
 }
-PREDICTORS = ("euler", "ddim", "ddpm")
+PREDICTORS = pc.PREDICTORS
+OPTION_KEYS = tuple(sorted({key for spec in SAMPLERS.values() for key in spec.options}))
+CONFIG_KEYS = COMMON_FIELDS + OPTION_KEYS  # every key SamplerConfig accepts
 
 
-def _resolve_schedule(value, what: str) -> Schedule | None:
-    if value is None or isinstance(value, Schedule):
-        return value
-    if isinstance(value, str):
-        try:
-            return get_schedule(value)
-        except ValueError as err:
-            raise ValueError(f"{what}: {err}") from None
-    raise ValueError(f"{what}={value!r} must be a schedule name, a Schedule or None")
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not valid; valid: True or False")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
 class SamplerConfig:
-    """Every sampler setting; frozen and hashable, validated on construction.
+    """A sampler and its settings; frozen and hashable, validated on construction.
 
-    Fields used by only some samplers are ignored by the others, except ``c``: a sampler that
-    has no rate rejects ``c != 1``.
+    Keywords: the common fields below and the options of sampler ``name``
+    (``SAMPLERS[name].options``), e.g. ``SamplerConfig(name="heun", nfe=35, s_churn=0.5)``. An
+    option given as None is not set. ``options`` holds the options set, as ``(name, value)``
+    pairs sorted by name; ``resolved_options`` all of the sampler's options, defaults included.
     """
 
     name: str = "euler"
     nfe: int = 50
     grid: str = "karras"
-    sigma_min: float | None = None
+    sigma_min: float | None = None  # None: the model schedule's range
     sigma_max: float | None = None
     rho: float = 7.0
-    c: float | None = None  # rate of the split (None: the sampler's default, 1 = ODE)
     final_denoise: bool = True
-    step_schedule: str | Schedule | None = None  # euler/heun step coordinates (None: VE)
     grid_schedule: str | Schedule | None = None  # grid="uniform_t": whose time (None: model's)
     trajectory: bool = False  # info["trajectory"]: z after every step
-    # ddim / pc with the ddim predictor
-    eta: float = 0.0
-    # heun: EDM's stochastic churn (s_churn = 0: deterministic Heun)
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
-    # pc
-    predictor: str = "euler"
-    corrector_steps: int = 1
-    snr: float | None = 0.16  # None: corrector step of the split's length (see pc.py)
-    # smld
-    langevin_steps: int = 5
-    langevin_step_size: float = 0.1  # Langevin step at level sigma: langevin_step_size * sigma^2
-    # ode (adaptive reference)
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    ode_solver: str = "tsit5"
-    max_steps: int = 4096
+    options: tuple[tuple[str, Any], ...] = ()
 
-    def __post_init__(self):
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler name={self.name!r}; valid choices: {list(SAMPLERS)}")
-        grids.check_grid_name(self.grid)
-        if not isinstance(self.nfe, int) or isinstance(self.nfe, bool) or self.nfe <= 0:
-            raise ValueError(f"nfe={self.nfe!r} must be a positive int")
-        for key in ("sigma_min", "sigma_max"):
-            value = getattr(self, key)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{key}={value!r} must be a positive finite float or None")
-        if (
-            self.sigma_min is not None
-            and self.sigma_max is not None
-            and not self.sigma_min < self.sigma_max
-        ):
+    def __init__(self, **settings):
+        options = dict(settings.pop("options", ()))  # dataclasses.replace passes it back
+        for field in dataclasses.fields(self):
+            if field.name != "options":
+                object.__setattr__(self, field.name, settings.pop(field.name, field.default))
+        options.update(settings)
+        self._check_common_fields()
+        object.__setattr__(self, "options", self._set_options(options))
+        if self.spec.check is not None:
+            self.spec.check(**self.resolved_options)
+        if self.trajectory and not self.spec.keeps_trajectory:
             raise ValueError(
-                f"sigma_min={self.sigma_min!r} must be < sigma_max={self.sigma_max!r}"
+                f"trajectory=True is not valid for sampler {self.name!r}: it keeps no trajectory"
             )
-        if not self.rho > 0:
-            raise ValueError(f"rho={self.rho!r} must be > 0")
-        if self.c is not None:
-            if not self.c >= 1.0:
-                raise ValueError(f"c={self.c!r} must be >= 1 (1: ODE, 2: reverse SDE)")
-            if self.c != 1.0 and not SAMPLERS[self.name].uses_c:
-                with_c = [n for n, s in SAMPLERS.items() if s.uses_c]
-                raise ValueError(
-                    f"sampler {self.name!r} has no rate: c={self.c!r} must be 1 or None; "
-                    f"samplers with a rate: {with_c}"
-                )
-        ddim.check_eta(self.eta)
-        if not (self.s_churn >= 0 and self.s_noise >= 0 and self.s_tmin <= self.s_tmax):
-            raise ValueError(
-                f"need s_churn >= 0, s_noise >= 0, s_tmin <= s_tmax; got s_churn={self.s_churn!r}"
-                f", s_noise={self.s_noise!r}, s_tmin={self.s_tmin!r}, s_tmax={self.s_tmax!r}"
-            )
-        if self.predictor not in PREDICTORS:
-            raise ValueError(
-                f"unknown predictor={self.predictor!r}; valid choices: {list(PREDICTORS)}"
-            )
-        for key in ("corrector_steps", "langevin_steps", "max_steps"):
-            value = getattr(self, key)
-            minimum = 0 if key == "corrector_steps" else 1
-            if not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{key}={value!r} must be an int >= {minimum}")
-        for key in ("snr", "langevin_step_size", "rtol", "atol"):
-            value = getattr(self, key)
-            if not (value is None and key == "snr") and not value > 0:
-                raise ValueError(f"{key}={value!r} must be > 0")
-        if self.ode_solver not in ode.SOLVERS:
-            raise ValueError(
-                f"unknown ode_solver={self.ode_solver!r}; valid choices: {sorted(ode.SOLVERS)}"
-            )
-        _resolve_schedule(self.step_schedule, "step_schedule")
-        _resolve_schedule(self.grid_schedule, "grid_schedule")
         _ = self.num_levels  # raises if the budget buys no step
+
+    def _check_common_fields(self) -> None:
+        checks.choice("name", self.name, SAMPLERS)
+        checks.number("nfe", self.nfe, lo=1, integer=True)
+        grids.check_grid_name(self.grid)
+        for key in ("sigma_min", "sigma_max"):
+            checks.number(key, getattr(self, key), lo=0.0, lo_open=True, optional=True)
+        checks.number("rho", self.rho, lo=0.0, lo_open=True)
+        _check_flag("final_denoise", self.final_denoise)
+        _check_flag("trajectory", self.trajectory)
+        base.resolve_schedule(self.grid_schedule, "grid_schedule")
+
+    def _set_options(self, options: dict) -> tuple[tuple[str, Any], ...]:
+        """The options set (not None), validated by name; ints of float options as floats."""
+        defaults = self.spec.options
+        set_options = {}
+        for key, value in sorted(options.items()):
+            if key not in OPTION_KEYS:
+                raise ValueError(
+                    f"{key}={value!r} is not a sampler setting; valid keys: {list(CONFIG_KEYS)}"
+                )
+            if value is None:
+                continue
+            if key not in defaults:
+                readers = [name for name, spec in SAMPLERS.items() if key in spec.options]
+                raise ValueError(
+                    f"{key}={value!r} is not read by sampler {self.name!r}; its options: "
+                    f"{sorted(defaults)} ({key} is read by {readers})"
+                )
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            set_options[key] = float(value) if is_int and type(defaults[key]) is float else value
+        return tuple(set_options.items())
+
+    def __repr__(self) -> str:
+        fields = [(key, getattr(self, key)) for key in COMMON_FIELDS] + list(self.options)
+        return f"SamplerConfig({', '.join(f'{k}={v!r}' for k, v in fields)})"
 
     @property
     def spec(self) -> SamplerSpec:
         return SAMPLERS[self.name]
 
     @property
-    def rate(self) -> float:
-        return self.spec.default_c if self.c is None else float(self.c)
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option of the sampler: the value set, else the sampler's default."""
+        return {**self.spec.options, **dict(self.options)}
 
     @property
-    def resolved_step_schedule(self) -> Schedule | None:
-        return _resolve_schedule(self.step_schedule, "step_schedule")
+    def budget(self) -> int:
+        """Model evaluations left for the steps after the final denoise."""
+        return self.nfe - (1 if self.final_denoise else 0)
 
     @property
     def num_levels(self) -> int:
         """Positive noise levels of the grid this budget buys."""
-        budget = self.nfe - (1 if self.final_denoise else 0)
-        levels = self.spec.levels_for_budget(budget, self)
+        levels = self.spec.levels_for_budget(self.budget, self.resolved_options)
         if levels < self.spec.min_levels:
             raise ValueError(
                 f"nfe={self.nfe!r} buys no step of sampler {self.name!r} "
@@ -320,28 +278,37 @@ class SamplerConfig:
         return levels
 
     def sigma_range(self, schedule: Schedule) -> tuple[float, float]:
-        sigma_min = schedule.sigma_ve_min if self.sigma_min is None else float(self.sigma_min)
-        sigma_max = schedule.sigma_ve_max if self.sigma_max is None else float(self.sigma_max)
+        """``(sigma_min, sigma_max)`` for a model in ``schedule``: the values set, else the
+        schedule's safe range; a ValueError unless inside that range and increasing."""
+        lo, hi = schedule.sigma_ve_min, schedule.sigma_ve_max
+        sigma_min = lo if self.sigma_min is None else float(self.sigma_min)
+        sigma_max = hi if self.sigma_max is None else float(self.sigma_max)
+        tol = 1e-6  # the range's ends are computed in float64; allow their rounding
+        for key, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if not lo * (1 - tol) <= value <= hi * (1 + tol):
+                raise ValueError(
+                    f"{key}={value!r} is outside the schedule's noise range; valid: "
+                    f"[{lo:g}, {hi:g}] (sigma_ve of {schedule.describe()})"
+                )
+        if not sigma_min < sigma_max:
+            raise ValueError(f"sigma_min={sigma_min!r} must be < sigma_max={sigma_max!r}")
         return sigma_min, sigma_max
 
     def sigmas(self, schedule: Schedule):
         """The concrete grid (NumPy) for a model in ``schedule``, trailing 0 if final denoise."""
         sigma_min, sigma_max = self.sigma_range(schedule)
-        grid_schedule = _resolve_schedule(self.grid_schedule, "grid_schedule") or schedule
+        grid_schedule = base.resolve_schedule(self.grid_schedule, "grid_schedule") or schedule
         return grids.get_sigmas(
             self.grid, self.num_levels, sigma_min, sigma_max, self.rho, grid_schedule,
             with_final_zero=self.final_denoise,
         )
 
-
-def _check_range(schedule: Schedule, sigma_min: float, sigma_max: float) -> None:
-    lo, hi = schedule.sigma_ve_min, schedule.sigma_ve_max
-    tol = 1e-6
-    if sigma_min < lo * (1 - tol) or sigma_max > hi * (1 + tol) or not sigma_min < sigma_max:
-        raise ValueError(
-            f"noise range [sigma_min={sigma_min!r}, sigma_max={sigma_max!r}] must lie inside the "
-            f"model schedule's safe range [{lo}, {hi}] of {schedule.describe()}"
-        )
+    def run(self, denoiser: base.Denoiser, z: Array, key: Array, sigmas) -> tuple[Array, dict]:
+        """The sampler's family function on a grid, with this configuration's options."""
+        keywords = {**self.spec.fixed_keywords(self.budget), **self.resolved_options}
+        if self.spec.keeps_trajectory:
+            keywords["trajectory"] = self.trajectory
+        return self.spec.family(denoiser, z, key, sigmas, **keywords)
 
 
 def initial_noise(key: Array, shape, sigma_max: float, dtype=None) -> Array:
@@ -352,30 +319,24 @@ def initial_noise(key: Array, shape, sigma_max: float, dtype=None) -> Array:
 
 def sample(
     model_fn: Callable[[Array, Array], Array],
-    prediction: str,
-    schedule: Schedule,
+    model: Parameterization,
     key: Array,
     shape,
     cfg: SamplerConfig,
-    sigma_data: float = convert.DEFAULT_SIGMA_DATA,
     dtype=None,
 ) -> tuple[Array, dict]:
-    """Draw ``shape[0]`` samples from a model of native output ``prediction`` in ``schedule``.
+    """Draw ``shape[0]`` samples from ``model_fn``, read as described by ``model``.
 
-    Pure and traceable: jit it (or an outer function) with ``cfg``, ``schedule`` and ``shape``
+    Pure and traceable: jit it (or an outer function) with ``cfg``, ``model`` and ``shape``
     static. Returns ``(x0, info)`` with ``info["nfe"]`` the exact number of model evaluations.
     """
-    convert.check_prediction(prediction)
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule={schedule!r} must be a Schedule")
+    if not isinstance(model, Parameterization):
+        raise ValueError(f"model={model!r} is not valid; valid: a Parameterization")
     if not isinstance(cfg, SamplerConfig):
-        raise ValueError(f"cfg={cfg!r} must be a SamplerConfig")
+        raise ValueError(f"cfg={cfg!r} is not valid; valid: a SamplerConfig")
     shape = tuple(shape)
     if len(shape) < 2 or any(not isinstance(n, int) or n <= 0 for n in shape):
-        raise ValueError(f"shape={shape!r} must be (batch, ...) with positive ints")
-    sigma_min, sigma_max = cfg.sigma_range(schedule)
-    _check_range(schedule, sigma_min, sigma_max)
-    sigmas = cfg.sigmas(schedule)
-    denoiser = convert.as_ve_denoiser(model_fn, prediction, schedule, sigma_data)
+        raise ValueError(f"shape={shape!r} is not valid; valid: (batch, ...) of positive ints")
+    sigmas = cfg.sigmas(model.schedule)
     z = initial_noise(key, shape, float(sigmas[0]), dtype)
-    return cfg.spec.run(denoiser, z, jax.random.fold_in(key, 1), sigmas, cfg)
+    return cfg.run(model.ve_denoiser(model_fn), z, jax.random.fold_in(key, 1), sigmas)

@@ -7,6 +7,8 @@ A low-level sampler is ``(denoiser, z_T, key, sigmas, ...) -> (z_0, info)``:
 * ``sigmas`` is a concrete, strictly decreasing array of positive noise levels, optionally
   ending with ``0``: the trailing zero means "finish with ``D(z, sigmas[-2])``" (the final
   denoise, one model evaluation) and is never stepped into, so nothing divides by ``sigma = 0``;
+* options are keyword-only, each with its default (``api.py`` derives a sampler's option names
+  and defaults from them); a family's checks run first and raise ``ValueError("name=value ...")``;
 * randomness: step ``i`` uses ``fold_in(key, i)``; a sampler whose settings switch noise off
   draws nothing (and then accepts ``key=None``);
 * ``info["nfe"]`` is the exact number of denoiser evaluations (a Python int);
@@ -21,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_lv import checks, langevin
+from diffusion_lv.schedules import Schedule, expand_to, get_schedule
+
 Array = jax.Array
 Denoiser = Callable[[Array, Array], Array]
 
@@ -31,8 +36,37 @@ def denoise(denoiser: Denoiser, z: Array, sigma) -> Array:
 
 
 def score(denoiser: Denoiser, z: Array, sigma) -> Array:
-    """Score of ``p_sigma`` in VE coordinates, ``(D - z) / sigma^2``."""
-    return (denoise(denoiser, z, sigma) - z) / jnp.square(sigma)
+    """Score of ``p_sigma`` in VE coordinates, ``(D - z) / sigma^2`` (``sigma``: scalar or
+    ``(batch,)``)."""
+    return (denoise(denoiser, z, sigma) - z) / expand_to(jnp.square(sigma), z)
+
+
+def is_zero(value) -> bool:
+    """True when ``value`` (e.g. DDIM's ``eta``) is statically 0: the step draws no noise."""
+    return isinstance(value, float | int) and value == 0
+
+
+def check_rate(c) -> None:
+    """The rate of the split: a number passing ``langevin.check_rate``, reported as ``c=...``."""
+    if isinstance(c, jax.core.Tracer):  # a traced rate is the caller's to check
+        return
+    checks.number("c", c)
+    try:
+        langevin.check_rate(c)
+    except ValueError:
+        raise ValueError(f"c={c!r} is not valid; valid: >= 1 (1: ODE, 2: reverse SDE)") from None
+
+
+def resolve_schedule(value, name: str = "step_schedule") -> Schedule | None:
+    """A schedule option: a name of ``schedules.SCHEDULES``, a ``Schedule`` or None."""
+    if value is None or isinstance(value, Schedule):
+        return value
+    if isinstance(value, str):
+        try:
+            return get_schedule(value)
+        except ValueError as err:
+            raise ValueError(f"{name}={value!r} is not valid; {err}") from None
+    raise ValueError(f"{name}={value!r} is not valid; valid: a schedule name, a Schedule or None")
 
 
 def check_sigmas(sigmas) -> tuple[np.ndarray, bool]:

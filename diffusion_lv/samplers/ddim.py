@@ -15,14 +15,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion_lv.samplers.base import Denoiser, denoise, run_one_step_sampler
+from diffusion_lv import checks
+from diffusion_lv.samplers.base import Denoiser, denoise, is_zero, run_one_step_sampler
 
 Array = jax.Array
 
 
 def check_eta(eta) -> None:
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r} must be in [0, 1] (0: DDIM, 1: DDPM ancestral)")
+    """``eta`` in ``[0, 1]`` (0: DDIM, 1: DDPM ancestral)."""
+    checks.number("eta", eta, lo=0.0, hi=1.0)
 
 
 def ddim_step(
@@ -30,7 +31,7 @@ def ddim_step(
 ) -> Array:
     denoised = denoise(denoiser, z, sigma)
     eps = (z - denoised) / sigma
-    if isinstance(eta, float | int) and eta == 0:
+    if is_zero(eta):
         return denoised + sigma_next * eps
     ratio2 = jnp.square(sigma_next / sigma)
     sigma_up = eta * sigma_next * jnp.sqrt(1.0 - ratio2)
@@ -40,7 +41,8 @@ def ddim_step(
 
 
 def sample_ddim(
-    denoiser: Denoiser, z: Array, key: Array, sigmas, eta: float = 0.0, trajectory: bool = False
+    denoiser: Denoiser, z: Array, key: Array, sigmas, *, eta: float = 0.0,
+    trajectory: bool = False,
 ) -> tuple[Array, dict]:
     check_eta(eta)
 
@@ -51,7 +53,7 @@ def sample_ddim(
 
 
 def sample_ddpm(
-    denoiser: Denoiser, z: Array, key: Array, sigmas, trajectory: bool = False
+    denoiser: Denoiser, z: Array, key: Array, sigmas, *, trajectory: bool = False
 ) -> tuple[Array, dict]:
     """Ancestral sampling: DDIM with ``eta = 1``."""
-    return sample_ddim(denoiser, z, key, sigmas, 1.0, trajectory)
+    return sample_ddim(denoiser, z, key, sigmas, eta=1.0, trajectory=trajectory)

@@ -16,8 +16,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion_lv.langevin import check_rate, is_one, reverse_drift_from_denoiser
-from diffusion_lv.samplers.base import Denoiser, denoise, run_one_step_sampler
+from diffusion_lv.langevin import is_one, reverse_drift_from_denoiser
+from diffusion_lv.samplers.base import (
+    Denoiser,
+    check_rate,
+    denoise,
+    resolve_schedule,
+    run_one_step_sampler,
+)
 from diffusion_lv.schedules import Schedule, VEKarras, expand_to
 
 Array = jax.Array
@@ -49,19 +55,26 @@ def split_euler_step(
     return x_next / expand_to(schedule.alpha(t_next), z)
 
 
+def check_euler(c, step_schedule) -> None:
+    check_rate(c)
+    resolve_schedule(step_schedule)
+
+
 def sample_euler(
     denoiser: Denoiser,
     z: Array,
     key: Array,
     sigmas,
+    *,
     c: float = 1.0,
-    step_schedule: Schedule | None = None,
+    step_schedule: str | Schedule | None = None,
     trajectory: bool = False,
 ) -> tuple[Array, dict]:
     """Euler (c = 1) / Euler-Maruyama (c > 1) on the reverse split, one model call per step."""
-    check_rate(c)
+    check_euler(c, step_schedule)
+    schedule = resolve_schedule(step_schedule)
 
     def step(z, sigma, sigma_next, key):
-        return split_euler_step(denoiser, z, sigma, sigma_next, key, c, step_schedule)
+        return split_euler_step(denoiser, z, sigma, sigma_next, key, c, schedule)
 
     return run_one_step_sampler(step, denoiser, z, key, sigmas, trajectory=trajectory)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_lv import checks
 from diffusion_lv.schedules import Schedule
 
 GRIDS = ("karras", "log_snr", "uniform_t")
@@ -47,8 +48,7 @@ def uniform_t_sigmas(num_levels: int, sigma_min: float, sigma_max: float, schedu
 
 
 def check_grid_name(grid: str) -> None:
-    if grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; valid choices: {list(GRIDS)}")
+    checks.choice("grid", grid, GRIDS)
 
 
 def get_sigmas(

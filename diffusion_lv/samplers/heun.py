@@ -20,8 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_lv import checks
 from diffusion_lv.langevin import reverse_drift_from_denoiser
-from diffusion_lv.samplers.base import Denoiser, check_sigmas, denoise, finish
+from diffusion_lv.samplers.base import (
+    Denoiser,
+    check_sigmas,
+    denoise,
+    finish,
+    resolve_schedule,
+)
 from diffusion_lv.schedules import Schedule, VEKarras, expand_to
 
 Array = jax.Array
@@ -61,22 +68,35 @@ def churn_gammas(levels: np.ndarray, s_churn: float, s_tmin: float, s_tmax: floa
     return np.where(inside, gamma, 0.0)
 
 
+def check_heun(s_churn, s_tmin, s_tmax, s_noise, step_schedule) -> None:
+    checks.number("s_churn", s_churn, lo=0.0)
+    checks.number("s_noise", s_noise, lo=0.0)
+    checks.number("s_tmin", s_tmin)
+    if s_tmax != math.inf:  # inf: churn up to the largest level (EDM's default)
+        checks.number("s_tmax", s_tmax)
+    if not s_tmin <= s_tmax:
+        raise ValueError(f"s_tmin={s_tmin!r} must be <= s_tmax={s_tmax!r}")
+    resolve_schedule(step_schedule)
+
+
 def sample_heun(
     denoiser: Denoiser,
     z: Array,
     key: Array,
     sigmas,
+    *,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
-    step_schedule: Schedule | None = None,
+    step_schedule: str | Schedule | None = None,
     euler_last: bool = False,
     trajectory: bool = False,
 ) -> tuple[Array, dict]:
     """Heun / EDM stochastic Heun; ``2 * steps`` evaluations (one less with ``euler_last``)."""
+    check_heun(s_churn, s_tmin, s_tmax, s_noise, step_schedule)
     levels, final_denoise = check_sigmas(sigmas)
-    schedule = VEKarras() if step_schedule is None else step_schedule
+    schedule = resolve_schedule(step_schedule) or VEKarras()
     steps = levels.shape[0] - 1
     gammas = churn_gammas(levels, s_churn, s_tmin, s_tmax)
     stochastic = bool(np.any(gammas > 0))

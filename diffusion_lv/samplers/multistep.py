@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_lv.langevin import check_rate, is_one
-from diffusion_lv.samplers.base import Denoiser, check_sigmas, denoise, finish
+from diffusion_lv.langevin import is_one
+from diffusion_lv.samplers.base import Denoiser, check_rate, check_sigmas, denoise, finish
 
 Array = jax.Array
 
@@ -140,6 +140,7 @@ def sample_exponential_multistep(
     z: Array,
     key: Array,
     sigmas,
+    *,
     order: int = 3,
     c: float = 1.0,
     trajectory: bool = False,
@@ -158,7 +159,7 @@ def sample_exponential_multistep(
 
 
 def sample_dpmpp_2m(
-    denoiser: Denoiser, z: Array, key: Array, sigmas, trajectory: bool = False
+    denoiser: Denoiser, z: Array, key: Array, sigmas, *, trajectory: bool = False
 ) -> tuple[Array, dict]:
     """DPM-Solver++(2M), verbatim (the baseline most people use, with Karras steps)."""
     levels, final_denoise = check_sigmas(sigmas)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_lv import checks
 from diffusion_lv.samplers.base import Denoiser, check_sigmas, denoise
 
 Array = jax.Array
@@ -28,26 +29,31 @@ SOLVERS = {
 }
 
 
+def check_ode(rtol, atol, ode_solver, max_steps) -> None:
+    checks.number("rtol", rtol, lo=0.0, lo_open=True)
+    checks.number("atol", atol, lo=0.0, lo_open=True)
+    checks.choice("ode_solver", ode_solver, SOLVERS)
+    checks.number("max_steps", max_steps, lo=1, integer=True)
+
+
 def sample_ode(
     denoiser: Denoiser,
     z: Array,
     key: Array,
     sigmas,
+    *,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    solver: str = "tsit5",
+    ode_solver: str = "tsit5",
     max_steps: int = 4096,
     trajectory: bool = False,
 ) -> tuple[Array, dict]:
     """Solve the PF-ODE from ``sigmas[0]`` to the last positive level (then final denoise)."""
     del key  # deterministic
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown ODE solver={solver!r}; valid choices: {sorted(SOLVERS)}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"tolerances must be > 0, got rtol={rtol!r}, atol={atol!r}")
+    check_ode(rtol, atol, ode_solver, max_steps)
     levels, final_denoise = check_sigmas(sigmas)
     u0, u1 = float(np.log(levels[0])), float(np.log(levels[-1]))
-    solver_cls, stages = SOLVERS[solver]
+    solver_cls, stages = SOLVERS[ode_solver]
 
     def vector_field(u, z, args):
         return z - denoise(denoiser, z, jnp.exp(u))

@@ -8,13 +8,15 @@ towards the right marginal. Step size, two choices:
 * ``snr`` given: score_sde's target signal-to-noise ratio ``eps = 2 (snr ||xi|| / ||score||)^2``
   with the norms averaged over the batch as score_sde does (per-example norms are unstable in
   low dimension, where ``||score||`` of one example can be near 0);
-* ``snr=None``: the Langevin step of the split at the predictor's own step length, i.e. the
+* ``snr="split"``: the Langevin step of the split at the predictor's own step length, i.e. the
   fixed-``sigma`` Langevin dynamics ``dz = g^2/2 score dtau + g dW`` (``g^2 = 2 sigma`` in VE)
   run for ``dtau = sigma_i - sigma_{i+1}``: ``eps = sigma_i (sigma_i - sigma_{i+1})``.
   Per example, no batch coupling.
 
 As in score_sde the corrector runs at the current level ``sigma_i`` before the predictor steps
-to ``sigma_{i+1}``. ``1 + corrector_steps`` evaluations per step.
+to ``sigma_{i+1}``. ``1 + corrector_steps`` evaluations per step. The predictor (``PREDICTORS``)
+is split Euler with rate ``c`` in ``step_schedule``'s coordinates, DDIM(``eta``) or DDPM, or any
+one-evaluation step ``(z, sigma, sigma_next, key) -> z_next``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,24 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion_lv.samplers.base import Denoiser, denoise, run_one_step_sampler
+from diffusion_lv import checks
+from diffusion_lv.langevin import is_one
+from diffusion_lv.samplers.base import (
+    Denoiser,
+    check_rate,
+    is_zero,
+    resolve_schedule,
+    run_one_step_sampler,
+    score,
+)
+from diffusion_lv.samplers.ddim import check_eta, ddim_step
+from diffusion_lv.samplers.euler import split_euler_step
+from diffusion_lv.schedules import Schedule
 
 Array = jax.Array
+Predictor = Callable[[Array, Array, Array, Array], Array]
+
+PREDICTORS = ("euler", "ddim", "ddpm")
 
 
 def _norm(a: Array) -> Array:
@@ -38,18 +55,55 @@ def langevin_corrector_step(
     z: Array,
     sigma: Array,
     key: Array,
-    snr: float | None = None,
+    snr: float | str = 0.16,
     split_step: Array | None = None,
 ) -> Array:
-    """One Langevin step at level ``sigma``: SNR-matched (``snr``) or of size ``split_step``."""
-    score = (denoise(denoiser, z, sigma) - z) / jnp.square(sigma)
+    """One Langevin step at level ``sigma``: SNR-matched (``snr``) or of size ``split_step``
+    (``snr="split"``)."""
+    grad = score(denoiser, z, sigma)
     noise = jax.random.normal(key, z.shape, z.dtype)
-    if snr is None:
+    if snr == "split":
         step = split_step
     else:
-        ratio = snr * jnp.mean(_norm(noise)) / jnp.mean(_norm(score))
+        ratio = snr * jnp.mean(_norm(noise)) / jnp.mean(_norm(grad))
         step = 2.0 * jnp.square(ratio)
-    return z + step * score + jnp.sqrt(2.0 * step) * noise
+    return z + step * grad + jnp.sqrt(2.0 * step) * noise
+
+
+def check_pc(predictor, c, step_schedule, eta, corrector_steps, snr) -> None:
+    if not callable(predictor):
+        checks.choice("predictor", predictor, PREDICTORS)
+    check_rate(c)
+    resolve_schedule(step_schedule)
+    check_eta(eta)
+    checks.number("corrector_steps", corrector_steps, lo=0, integer=True)
+    if snr != "split":
+        try:
+            checks.number("snr", snr, lo=0.0, lo_open=True)
+        except ValueError as err:
+            raise ValueError(f"{err} or 'split' (the split's own step length)") from None
+    # Each predictor reads its own settings: one set for another predictor is a mistake.
+    unread = {
+        "c": (c, predictor != "euler" and not is_one(c)),
+        "step_schedule": (step_schedule, predictor != "euler" and step_schedule is not None),
+        "eta": (eta, predictor != "ddim" and not is_zero(eta)),
+    }
+    for name, (value, is_unread) in unread.items():
+        if is_unread:
+            raise ValueError(
+                f"{name}={value!r} is not read by predictor={predictor!r}; predictor='euler' "
+                "reads c and step_schedule, predictor='ddim' reads eta"
+            )
+
+
+def _predictor_step(denoiser, predictor, c, step_schedule, eta) -> Predictor:
+    if callable(predictor):
+        return predictor
+    if predictor == "euler":
+        schedule = resolve_schedule(step_schedule)
+        return lambda z, s, s_next, k: split_euler_step(denoiser, z, s, s_next, k, c, schedule)
+    eta = eta if predictor == "ddim" else 1.0
+    return lambda z, s, s_next, k: ddim_step(denoiser, z, s, s_next, k, eta)
 
 
 def sample_pc(
@@ -57,16 +111,18 @@ def sample_pc(
     z: Array,
     key: Array,
     sigmas,
-    predictor: Callable[[Array, Array, Array, Array], Array],
+    *,
+    predictor: str | Predictor = "euler",
+    c: float = 1.0,
+    step_schedule: str | Schedule | None = None,
+    eta: float = 0.0,
     corrector_steps: int = 1,
-    snr: float | None = 0.16,
+    snr: float | str = 0.16,
     trajectory: bool = False,
 ) -> tuple[Array, dict]:
-    """``predictor(z, sigma, sigma_next, key) -> z_next`` is any one-evaluation step."""
-    if corrector_steps < 0:
-        raise ValueError(f"corrector_steps={corrector_steps!r} must be >= 0")
-    if snr is not None and not snr > 0:
-        raise ValueError(f"snr={snr!r} must be > 0")
+    """Predictor-corrector; ``1 + corrector_steps`` evaluations per step."""
+    check_pc(predictor, c, step_schedule, eta, corrector_steps, snr)
+    predict = _predictor_step(denoiser, predictor, c, step_schedule, eta)
 
     def step(z, sigma, sigma_next, key):
         split_step = sigma * (sigma - sigma_next)
@@ -76,7 +132,7 @@ def sample_pc(
             return langevin_corrector_step(denoiser, z, sigma, key_j, snr, split_step)
 
         z = jax.lax.fori_loop(0, corrector_steps, correct, z)
-        return predictor(z, sigma, sigma_next, jax.random.fold_in(key, 0))
+        return predict(z, sigma, sigma_next, jax.random.fold_in(key, 0))
 
     return run_one_step_sampler(
         step, denoiser, z, key, sigmas, evals_per_step=1 + corrector_steps, trajectory=trajectory
