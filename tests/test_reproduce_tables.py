@@ -1,15 +1,18 @@
-"""The paper-table reproduction (scripts/reproduce_tables.py) keeps its verdicts.
+"""The paper-table reproduction (experiments.paper_tables) keeps its verdicts.
 
 Agreeing cells agree to float64 precision, the printed cells found wrong stay flagged (with a
-correction that agrees), no cell disappears, and docs/paper_tables.md matches the script.
+correction that agrees), no cell disappears, docs/paper_tables.md matches the package, and
+scripts/reproduce_tables.py stays its entry point.
 """
 
 import importlib.util
 import pathlib
-import sys
 
 import jax
 import pytest
+
+from experiments.paper_tables import cells, runner, table3
+from experiments.paper_tables.measure import Context
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -18,12 +21,9 @@ def _load_script():
     path = ROOT / "scripts" / "reproduce_tables.py"
     spec = importlib.util.spec_from_file_location("reproduce_tables", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
     spec.loader.exec_module(module)
     return module
 
-
-rt = _load_script()
 
 # Cells the paper prints wrongly. Changing the printed-cell code or the derivation so that one of
 # them agrees (or another one disagrees) must fail here.
@@ -40,13 +40,13 @@ NUM_POINTS = 256
 
 @pytest.fixture(scope="module")
 def run():
-    results, notes = rt.reproduce(num_points=NUM_POINTS, seed=0)
+    results, notes = runner.reproduce(num_points=NUM_POINTS, seed=0)
     return {r.cell.key: r for r in results}, notes
 
 
 def test_every_cell_is_reported_once(run):
     results, _ = run
-    assert len(results) == len(rt.CELLS), "two cells share a key"
+    assert len(results) == len(runner.CELLS), "two cells share a key"
     counts = {t: sum(r.cell.table == t for r in results.values()) for t in CELLS_PER_TABLE}
     assert counts == CELLS_PER_TABLE
     for r in results.values():
@@ -60,7 +60,7 @@ def test_agreeing_cells_agree_to_float64_precision(run):
     for key, r in results.items():
         if r.error is None or key in KNOWN_DISAGREEMENTS:
             continue
-        assert r.error <= rt.TOLERANCE, f"{key}: {r.error:.2e} > {rt.TOLERANCE:.0e}"
+        assert r.error <= cells.TOLERANCE, f"{key}: {r.error:.2e} > {cells.TOLERANCE:.0e}"
         assert r.verdict == "agrees"
 
 
@@ -70,7 +70,9 @@ def test_known_errata_stay_flagged_with_a_correction_that_agrees(run):
         r = results[key]
         assert r.error > ORDER_ONE, f"{key} no longer disagrees: {r.error:.2e}"
         assert r.verdict.startswith("DISAGREES: corrected: ")
-        assert r.corrected_error <= rt.TOLERANCE, f"{key}: correction off by {r.corrected_error}"
+        assert r.corrected_error <= cells.TOLERANCE, (
+            f"{key}: correction off by {r.corrected_error}"
+        )
 
 
 def test_the_comparisons_can_fail(run):
@@ -79,20 +81,21 @@ def test_the_comparisons_can_fail(run):
     assert notes["table5_other_reading"] > ORDER_ONE
     # A split at the wrong rate is caught: VP-SDE's reverse split is not the c = 1 (ODE) step.
     with jax.enable_x64(True):
-        ctx = rt.Context(NUM_POINTS, seed=0)
-        wrong_rate = rt.check_split(rt.t3_vp_sde_reverse, "reverse", 1.0, ctx, "vp")
-        right_rate = rt.check_split(rt.t3_vp_sde_reverse, "reverse", 2.0, ctx, "vp")
+        ctx = Context(NUM_POINTS, seed=0)
+        wrong_rate = table3.check_split(table3.t3_vp_sde_reverse, "reverse", 1.0, ctx, "vp")
+        right_rate = table3.check_split(table3.t3_vp_sde_reverse, "reverse", 2.0, ctx, "vp")
     assert wrong_rate > ORDER_ONE
-    assert right_rate <= rt.TOLERANCE
+    assert right_rate <= cells.TOLERANCE
 
 
 def test_markdown_lists_every_cell_and_the_errata(run):
     results, notes = run
-    report = rt.to_markdown(list(results.values()), notes, NUM_POINTS, 0)
-    for table, title in rt.TITLES.items():
+    report = runner.to_markdown(list(results.values()), notes, NUM_POINTS, 0)
+    for table, title in runner.TITLES.items():
         assert f"## Table {table}: {title}" in report
     for key, r in results.items():
-        line = next(x for x in report.splitlines() if x.startswith(f"| {rt._md(r.cell.name)} |"))
+        name = cells.md_escape(r.cell.name)
+        line = next(x for x in report.splitlines() if x.startswith(f"| {name} |"))
         assert r.verdict.split(":")[0] in line, key
     assert report.count("| DISAGREES") == len(KNOWN_DISAGREEMENTS)
 
@@ -102,7 +105,7 @@ def test_committed_report_matches_the_script(run):
     results, _ = run
     doc = (ROOT / "docs" / "paper_tables.md").read_text(encoding="utf-8")
     for key, r in results.items():
-        prefix = f"| {rt._md(r.cell.name)} | {rt._md(r.cell.printed)} |"
+        prefix = f"| {cells.md_escape(r.cell.name)} | {cells.md_escape(r.cell.printed)} |"
         line = next((x for x in doc.splitlines() if x.startswith(prefix)), None)
         assert line is not None, f"{key} is missing from docs/paper_tables.md: regenerate it"
         assert f"| {r.verdict.split(':')[0]}" in line, f"{key}: stale verdict, regenerate"
@@ -110,6 +113,10 @@ def test_committed_report_matches_the_script(run):
 
 def test_bad_point_count_is_rejected():
     with pytest.raises(ValueError, match="num_points=0"):
-        rt.Context(0, seed=0)
+        Context(0, seed=0)
     with pytest.raises(SystemExit):
-        rt.main(["--points", "0"])
+        _load_script().main(["--points", "0"])
+
+
+def test_script_is_the_packages_entry_point():
+    assert _load_script().main is runner.main
