@@ -1,38 +1,39 @@
-"""Read an ml_collections config at the edge: validate it and build plain objects.
+"""The composition root: ``parse(config) -> Experiment`` reads an ml_collections config once.
 
-``parse(config, num_devices)`` checks every name and range *before anything compiles* and returns
-an :class:`Experiment` of frozen dataclasses (schedule, parameterisation, loss, optimiser, loop,
-sampler, evaluation). Errors are :class:`ConfigError` (a ``ValueError``) that name the key, the
-value and the valid choices, e.g.
-``config.diffusion.schedule='vpp' is not valid; valid choices: ['cosine_vp', 'linear_vp', ...]``.
-The layout of the config is ``configs/default.py``.
+Every check happens *before anything compiles*. The settings dataclasses own their ranges (their
+errors start with ``field=value``); this module only reads the config, builds them and puts
+``config.<section>.`` in front of their errors, so a bad value is named by its config key, e.g.
+``config.training.batch_size=0 is not valid; valid: an integer >= 1``. Nothing below this module
+reads a ConfigDict. The layout of the config is ``configs/default.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 
-from diffusion_lv import convert, losses, samplers
+from diffusion_lv import checks, convert, losses, samplers
 from diffusion_lv import likelihood as likelihood_lib
 from diffusion_lv.data import images, toy
-from diffusion_lv.likelihood import LikelihoodConfig
+from diffusion_lv.eval.config import EvalConfig
+from diffusion_lv.eval.images import ImageEvaluator
+from diffusion_lv.eval.toy import ToyEvaluator
 from diffusion_lv.models import unet
 from diffusion_lv.models.mlp import MLP
 from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.schedules import SCHEDULES, Schedule, get_schedule
+from diffusion_lv.training import check_batch_divisible
 from diffusion_lv.training.loop import TrainConfig
-from diffusion_lv.training.state import LR_DECAYS, OPTIMIZERS, OptimizerConfig
+from diffusion_lv.training.state import OptimizerConfig
 
 MODELS = ("mlp", "unet")
 IMAGE_MODELS = ("unet",)
 IMAGE_SIGMA_DATA = 0.5  # EDM's sigma_data for images scaled to [-1, 1]
-EVAL_PARAMS = ("ema", "raw")
 
 
 class ConfigError(ValueError):
@@ -40,27 +41,11 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    num_samples: int = 8192
-    num_projections: int = 256
-    repeats: int = 4
-    params: str = "ema"  # "ema" (the first EMA decay unless ema_decay says which) or "raw"
-    ema_decay: float | None = None
-    nll_examples: int = 0  # 0: no NLL
-    nll_batch_size: int = 256
-    likelihood: LikelihoodConfig = LikelihoodConfig()  # solver, divergence, dequantisation
-    checkpoint_step: int | None = None  # None: the latest
-    seed: int = 0
-    inception_weights: str = ""  # FID Inception weights file; "": no FID
-    fid_reference: str = ""  # FID statistics .npz; "": computed from the data set, cached
-
-
-@dataclasses.dataclass(frozen=True)
 class Experiment:
     """Everything a run needs, as plain values (no ConfigDict below this point)."""
 
     dataset: str
-    dataset_fn: Callable
+    dataset_fn: Callable | None  # on-device batches of a 2-D set; None for image data
     data_shape: tuple[int, ...]
     network: nn.Module
     parameterization: Parameterization
@@ -69,11 +54,17 @@ class Experiment:
     training: TrainConfig
     sampler: samplers.SamplerConfig
     eval: EvalConfig
+    evaluator: ToyEvaluator | ImageEvaluator  # picked once: samples, metrics, pictures
     image_data: images.ImageData | None = None  # image data sets: the pipeline's settings
 
     @property
     def schedule(self) -> Schedule:
         return self.parameterization.schedule
+
+    @property
+    def make_batches(self) -> Callable | None:
+        """The training loop's batch source for image data (None: on-device ``dataset_fn``)."""
+        return None if self.image_data is None else self.image_data.step_batches
 
     def eval_params(self, state):
         """The params ``eval`` asks for from a train state (EMA by default)."""
@@ -84,7 +75,7 @@ class Experiment:
         return state.ema_params[index]
 
 
-# -- checks ------------------------------------------------------------------------------------
+# -- reading the config ------------------------------------------------------------------------
 
 
 def _get(config, key: str):
@@ -97,45 +88,50 @@ def _get(config, key: str):
     return node
 
 
-def _choice(config, key: str, choices: Sequence[str]) -> str:
-    value = _get(config, key)
-    if value not in choices:
-        raise ConfigError(
-            f"config.{key}={value!r} is not valid; valid choices: {sorted(choices)}"
-        )
-    return value
+def _section(config, section: str, drop=()) -> dict:
+    return {k: v for k, v in _get(config, section).items() if k not in drop}
 
 
-def _number(config, key: str, *, lo=None, hi=None, lo_open=False, hi_open=False,
-            integer=False, optional=False):
-    """A number in ``[lo, hi]`` (open ends where asked); None allowed when ``optional``."""
-    value = _get(config, key)
-    if value is None and optional:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and (isinstance(value, int) if integer else math.isfinite(value))
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        left = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-        right = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-        bounds = " and ".join(b for b in (left, right) if b)
-        valid = f"{kind}{' ' + bounds if bounds else ''}{' or None' if optional else ''}"
-        raise ConfigError(f"config.{key}={value!r} is not valid; valid: {valid}")
-    return value
-
-
-def _wrap(key: str, build: Callable):
-    """Build an object, re-raising its ValueError with the config key in front."""
+def _wrap(section: str, build: Callable, rename: dict[str, str] | None = None):
+    """``build()``, its ValueError re-raised with config keys: each ``field=`` of the message
+    becomes ``config.<section>.<key>=`` (``rename`` maps fields to keys where they differ);
+    a message naming no field gets ``config.<section>: `` in front."""
     try:
         return build()
     except ConfigError:
         raise
     except ValueError as err:
-        raise ConfigError(f"config.{key}: {err}") from None
+        message, rename = str(err), rename or {}
+
+        prefix = f"config.{section}." if section else "config."
+
+        def key(match):
+            field = match.group(1)
+            return f"{prefix}{rename.get(field, field)}="
+
+        # Not inside a value's repr such as ``VEKarras(t_min=0.002, t_max=80.0)``.
+        named, count = re.subn(r"(?<![\w.'\"(])(?<!, )([a-z_][a-z0-9_]*)=", key, message)
+        raise ConfigError(named if count else f"config.{section}: {message}") from None
+
+
+def _build(section: str, cls, options: dict, **extra):
+    """``cls(**options, **extra)``: a key the dataclass does not have is named with the valid
+    keys; its own checks' errors are named by ``_wrap``."""
+    fields = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"config.{section} has unknown keys {unknown}; valid: {sorted(fields)}")
+    return _wrap(section, lambda: cls(**options, **extra))
+
+
+def _choice(config, key: str, choices) -> str:
+    section, _, field = key.rpartition(".")
+    return _wrap(section, lambda: checks.choice(field, _get(config, key), choices))
+
+
+def _number(config, key: str, **bounds):
+    section, _, field = key.rpartition(".")
+    return _wrap(section, lambda: checks.number(field, _get(config, key), **bounds))
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -162,132 +158,71 @@ def _parameterization(config, schedule: Schedule, dataset: str) -> Parameterizat
     )
 
 
-def _loss(config, parameterization: Parameterization) -> losses.LossConfig:
-    weighting = _choice(config, "loss.weighting", losses.WEIGHTINGS)
-    sampler_name = _choice(config, "loss.time_sampler", losses.TIME_SAMPLERS)
-    p_mean = _number(config, "loss.p_mean")
-    p_std = _number(config, "loss.p_std", lo=0.0, lo_open=True)
-    time_sampler = losses.TimeSampler(sampler_name, p_mean, p_std, parameterization.sigma_data)
-    return losses.LossConfig(
-        prediction=parameterization.prediction,
-        weighting=weighting,
-        time_sampler=time_sampler,
+def _loss(config) -> losses.LossConfig:
+    sampler = _wrap("loss", lambda: losses.TimeSampler(
+        _get(config, "loss.time_sampler"), _get(config, "loss.p_mean"), _get(config, "loss.p_std")
+    ), {"name": "time_sampler"})
+    return _wrap("loss", lambda: losses.LossConfig(
+        weighting=_get(config, "loss.weighting"), time_sampler=sampler,
         importance_weighted=bool(_get(config, "loss.importance_weighted")),
-        sigma_data=parameterization.sigma_data,
-    )
+    ))
 
 
 def _optimizer(config, num_steps: int) -> OptimizerConfig:
-    name = _choice(config, "optimizer.name", OPTIMIZERS)
-    decay = _choice(config, "optimizer.decay", LR_DECAYS)
-    warmup = _number(config, "optimizer.warmup_steps", lo=0, integer=True)
-    decay_steps = _number(config, "optimizer.decay_steps", lo=1, integer=True, optional=True)
-    return OptimizerConfig(
-        name=name,
-        learning_rate=_number(config, "optimizer.learning_rate", lo=0.0, lo_open=True),
-        warmup_steps=warmup,
-        decay=decay,
-        decay_steps=max(num_steps - warmup, 1) if decay_steps is None else decay_steps,
-        final_lr_fraction=_number(config, "optimizer.final_lr_fraction", lo=0.0, hi=1.0),
-        weight_decay=_number(config, "optimizer.weight_decay", lo=0.0),
-        b1=_number(config, "optimizer.b1", lo=0.0, hi=1.0, hi_open=True),
-        b2=_number(config, "optimizer.b2", lo=0.0, hi=1.0, hi_open=True),
-        eps=_number(config, "optimizer.eps", lo=0.0),
-        grad_clip=_number(config, "optimizer.grad_clip", lo=0.0),
-    )
+    _number(config, "optimizer.decay_steps", lo=1, integer=True, optional=True)
+    options = _section(config, "optimizer")
+    if options.get("decay_steps") is None:  # None: decay to the last step
+        warmup = options.get("warmup_steps")
+        if isinstance(warmup, int):
+            options["decay_steps"] = max(num_steps - warmup, 1)
+    return _build("optimizer", OptimizerConfig, options)
 
 
 def _training(config, num_devices: int) -> TrainConfig:
-    batch = _number(config, "training.batch_size", lo=1, integer=True)
-    if batch % num_devices:
-        raise ConfigError(
-            f"config.training.batch_size={batch!r} is not divisible by the number of devices "
-            f"({num_devices}); valid: a multiple of {num_devices}"
-        )
-    decays = tuple(_get(config, "training.ema_decays"))
-    if not decays or not all(
-        isinstance(d, int | float) and not isinstance(d, bool) and 0.0 <= d < 1.0 for d in decays
-    ):
-        raise ConfigError(
-            f"config.training.ema_decays={decays!r} is not valid; valid: a non-empty tuple of "
-            "numbers in [0, 1)"
-        )
-    edges = tuple(_get(config, "training.bucket_edges"))
-    if not all(isinstance(e, int | float) and e > 0 for e in edges) or list(edges) != sorted(
-        set(edges)
-    ):
-        raise ConfigError(
-            f"config.training.bucket_edges={edges!r} is not valid; valid: strictly increasing "
-            "positive noise levels sigma_ve"
-        )
-    return TrainConfig(
-        batch_size=batch,
-        num_steps=_number(config, "training.num_steps", lo=1, integer=True),
-        steps_per_call=_number(config, "training.steps_per_call", lo=1, integer=True),
-        log_every=_number(config, "training.log_every", lo=1, integer=True),
-        checkpoint_every=_number(config, "training.checkpoint_every", lo=0, integer=True),
-        keep_checkpoints=_number(config, "training.keep_checkpoints", lo=1, integer=True),
-        sample_every=_number(config, "training.sample_every", lo=0, integer=True),
-        ema_decays=tuple(float(d) for d in decays),
-        seed=_number(config, "seed", integer=True),
-        bucket_edges=tuple(float(e) for e in edges),
-        unroll_steps=bool(_get(config, "training").get("unroll_steps", False)),
-    )
+    seed = _wrap("", lambda: checks.number("seed", _get(config, "seed"), integer=True))
+    options = _section(config, "training")
+    for key in ("ema_decays", "bucket_edges"):
+        if isinstance(options.get(key), list | tuple):
+            options[key] = tuple(options[key])
+    training = _build("training", TrainConfig, options, seed=seed)
+    _wrap("training", lambda: check_batch_divisible(training.batch_size, num_devices))
+    return training
 
 
 def _sampler(config, schedule: Schedule) -> samplers.SamplerConfig:
-    _choice(config, "sampler.name", samplers.SAMPLERS)
-    _choice(config, "sampler.grid", samplers.GRIDS)
-    _number(config, "sampler.nfe", lo=1, integer=True)
-    lo, hi = schedule.sigma_ve_min, schedule.sigma_ve_max
-    sigma_min = _number(config, "sampler.sigma_min", lo=0.0, lo_open=True, optional=True)
-    sigma_max = _number(config, "sampler.sigma_max", lo=0.0, lo_open=True, optional=True)
-    resolved_min = lo if sigma_min is None else sigma_min
-    resolved_max = hi if sigma_max is None else sigma_max
-    if not resolved_min < resolved_max:
-        raise ConfigError(
-            f"config.sampler.sigma_min={resolved_min!r} must be < config.sampler.sigma_max="
-            f"{resolved_max!r}"
-        )
-    for key, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
-        if value is not None and not lo * (1 - 1e-6) <= value <= hi * (1 + 1e-6):
-            raise ConfigError(
-                f"config.sampler.{key}={value!r} is outside the schedule's noise range; valid: "
-                f"[{lo:.6g}, {hi:.6g}] (sigma_ve of {schedule.describe()})"
-            )
-    fields = {f.name for f in dataclasses.fields(samplers.SamplerConfig)}
-    values = dict(_get(config, "sampler"))
-    unknown = sorted(set(values) - fields)
+    values = _section(config, "sampler")
+    unknown = sorted(set(values) - set(samplers.CONFIG_KEYS))
     if unknown:
-        raise ConfigError(f"config.sampler has unknown keys {unknown}; valid: {sorted(fields)}")
-    return _wrap("sampler", lambda: samplers.SamplerConfig(**values))
-
-
-def _eval(config, ema_decays: tuple[float, ...], image_data: images.ImageData | None) -> EvalConfig:
-    params = _choice(config, "eval.params", EVAL_PARAMS)
-    ema_decay = _number(config, "eval.ema_decay", optional=True)
-    if ema_decay is not None and ema_decay not in ema_decays:
         raise ConfigError(
-            f"config.eval.ema_decay={ema_decay!r} is not one of the trained EMA decays; "
-            f"valid choices: {list(ema_decays)}"
+            f"config.sampler has unknown keys {unknown}; valid: {sorted(samplers.CONFIG_KEYS)}"
         )
-    return EvalConfig(
-        num_samples=_number(config, "eval.num_samples", lo=2, integer=True),
-        num_projections=_number(config, "eval.num_projections", lo=1, integer=True),
-        repeats=_number(config, "eval.repeats", lo=1, integer=True),
-        params=params,
-        ema_decay=ema_decay,
-        nll_examples=_number(config, "eval.nll_examples", lo=0, integer=True),
-        nll_batch_size=_number(config, "eval.nll_batch_size", lo=1, integer=True),
-        likelihood=_likelihood(config, image_data),
-        checkpoint_step=_number(config, "eval.checkpoint_step", lo=0, integer=True,
-                                optional=True),
-        seed=_number(config, "eval.seed", integer=True),
-        **_fid_files(config, image_data),
-    )
+    sampler = _wrap("sampler", lambda: samplers.SamplerConfig(**values))
+    _wrap("sampler", lambda: sampler.sigma_range(schedule))
+    return sampler
 
 
-def _fid_files(config, image_data) -> dict:
+# config.eval keys of the likelihood solver, by LikelihoodConfig field
+_LIKELIHOOD_KEYS = {"divergence": "nll_divergence", "num_probes": "nll_num_probes",
+                    "rtol": "nll_rtol", "atol": "nll_atol"}
+
+
+def _eval(config, ema_decays: tuple[float, ...], image_data) -> EvalConfig:
+    options = _section(config, "eval", drop=_LIKELIHOOD_KEYS.values())
+    likelihood = _wrap("eval", lambda: likelihood_lib.LikelihoodConfig(
+        **{field: _get(config, f"eval.{key}") for field, key in _LIKELIHOOD_KEYS.items()},
+        num_levels=None if image_data is None else image_data.info.num_levels,
+    ), _LIKELIHOOD_KEYS)
+    evaluation = _build("eval", EvalConfig, options, likelihood=likelihood)
+    if evaluation.ema_decay is not None and evaluation.ema_decay not in ema_decays:
+        raise ConfigError(
+            f"config.eval.ema_decay={evaluation.ema_decay!r} is not one of the trained EMA "
+            f"decays; valid choices: {list(ema_decays)}"
+        )
+    _check_fid_files(evaluation, image_data)
+    return evaluation
+
+
+def _check_fid_files(evaluation: EvalConfig, image_data) -> None:
     """``eval.inception_weights`` / ``eval.fid_reference``: files that exist, image data only."""
     from diffusion_lv.eval import fid, inception
 
@@ -297,11 +232,8 @@ def _fid_files(config, image_data) -> dict:
         "fid_reference": "pass a pytorch-fid statistics .npz (keys mu, sigma), or '' to compute "
         "the statistics from the data set",
     }
-    files = {}
     for name, instructions in how.items():
-        path = _get(config, f"eval.{name}")
-        if not isinstance(path, str):
-            raise ConfigError(f"config.eval.{name}={path!r} is not valid; valid: a path or ''")
+        path = getattr(evaluation, name)
         if path and image_data is None:
             raise ConfigError(
                 f"config.eval.{name}={path!r}: FID is for image data sets; "
@@ -309,68 +241,26 @@ def _fid_files(config, image_data) -> dict:
             )
         if path and not os.path.isfile(path):
             raise ConfigError(f"config.eval.{name}={path!r} does not exist: {instructions}")
-        files[name] = path
-    if files["fid_reference"]:
-        if not files["inception_weights"]:
+    if evaluation.fid_reference:
+        if not evaluation.inception_weights:
             raise ConfigError(
                 "config.eval.fid_reference is set but config.eval.inception_weights is '': "
                 f"FID needs the weights ({how['inception_weights']})"
             )
-        _wrap("eval.fid_reference", lambda: fid.load_stats(files["fid_reference"]))
-    return files
-
-
-def _likelihood(config, image_data) -> LikelihoodConfig:
-    """The NLL solver's settings; image data are dequantised to their number of levels.
-
-    ``sigma_data`` is left out: ``evaluate.evaluate_nll`` takes the model's own."""
-    divergence = _choice(config, "eval.nll_divergence", likelihood_lib.DIVERGENCES)
-    return _wrap("eval", lambda: LikelihoodConfig(
-        divergence=divergence,
-        num_probes=_number(config, "eval.nll_num_probes", lo=1, integer=True),
-        rtol=_number(config, "eval.nll_rtol", lo=0.0, lo_open=True),
-        atol=_number(config, "eval.nll_atol", lo=0.0, lo_open=True),
-        num_levels=None if image_data is None else image_data.info.num_levels,
-    ))
+        _wrap("eval.fid_reference", lambda: fid.load_stats(evaluation.fid_reference))
 
 
 def _network(config) -> nn.Module:
     name = _choice(config, "model.name", MODELS)
+    options = _section(config, "model", drop=("name",))
     if name == "unet":
-        options = {k: v for k, v in _get(config, "model").items() if k != "name"}
         return _wrap("model", lambda: unet.make_unet(**options))
-    return MLP(
-        width=_number(config, "model.width", lo=1, integer=True),
-        num_blocks=_number(config, "model.num_blocks", lo=0, integer=True),
-        expansion=_number(config, "model.expansion", lo=1, integer=True),
-        embedding_features=_number(config, "model.embedding_features", lo=2, integer=True),
-        max_frequency=_number(config, "model.max_frequency", lo=0.0, lo_open=True),
-    )
-
-
-def parse(config, num_devices: int | None = None) -> Experiment:
-    """Validate ``config`` and build the experiment; raises :class:`ConfigError` on bad input."""
-    num_devices = jax.device_count() if num_devices is None else num_devices
-    dataset = _choice(config, "data.name", (*toy.DATASETS, *images.IMAGE_DATASETS))
-    image_data = _image_data(config, dataset)
-    schedule = _schedule(config)
-    network = _network(config)
-    parameterization = _parameterization(config, schedule, dataset)
-    loss = _loss(config, parameterization)
-    training = _training(config, num_devices)
-    return Experiment(
-        dataset=dataset,
-        dataset_fn=toy.get_dataset(dataset) if image_data is None else image_data.examples_fn,
-        data_shape=(2,) if image_data is None else image_data.data_shape,
-        network=network,
-        parameterization=parameterization,
-        loss=loss,
-        optimizer=_optimizer(config, training.num_steps),
-        training=training,
-        sampler=_sampler(config, schedule),
-        eval=_eval(config, training.ema_decays, image_data),
-        image_data=image_data,
-    )
+    bounds = {"width": {"lo": 1}, "num_blocks": {"lo": 0}, "expansion": {"lo": 1},
+              "embedding_features": {"lo": 2}}
+    for key, bound in bounds.items():
+        _number(config, f"model.{key}", integer=True, **bound)
+    _number(config, "model.max_frequency", lo=0.0, lo_open=True)
+    return MLP(**{key: options[key] for key in (*bounds, "max_frequency")})
 
 
 def _image_data(config, dataset: str) -> images.ImageData | None:
@@ -390,3 +280,31 @@ def _image_data(config, dataset: str) -> images.ImageData | None:
         )
     options = {k: v for k, v in _get(config, "data").items() if k != "name"}
     return _wrap("data", lambda: images.ImageData.from_options({"name": dataset, **options}))
+
+
+def parse(config, num_devices: int | None = None) -> Experiment:
+    """Validate ``config`` and build the experiment; raises :class:`ConfigError` on bad input."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    dataset = _choice(config, "data.name", (*toy.DATASETS, *images.IMAGE_DATASETS))
+    image_data = _image_data(config, dataset)
+    schedule = _schedule(config)
+    network = _network(config)
+    parameterization = _parameterization(config, schedule, dataset)
+    loss = _loss(config)
+    training = _training(config, num_devices)
+    evaluation = _eval(config, training.ema_decays, image_data)
+    return Experiment(
+        dataset=dataset,
+        dataset_fn=toy.get_dataset(dataset) if image_data is None else None,
+        data_shape=(2,) if image_data is None else image_data.data_shape,
+        network=network,
+        parameterization=parameterization,
+        loss=loss,
+        optimizer=_optimizer(config, training.num_steps),
+        training=training,
+        sampler=_sampler(config, schedule),
+        eval=evaluation,
+        evaluator=ToyEvaluator(dataset, evaluation) if image_data is None
+        else ImageEvaluator(image_data, evaluation),
+        image_data=image_data,
+    )

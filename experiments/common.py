@@ -123,7 +123,7 @@ def train_experiment(experiment, workdir: pathlib.Path):
         str(workdir), experiment.network, experiment.parameterization, experiment.loss,
         experiment.optimizer, experiment.training, experiment.dataset_fn, experiment.data_shape,
         console=False,
-        make_batches=experiment.image_data and experiment.image_data.step_batches,
+        make_batches=experiment.make_batches,
     )
     params = jax.block_until_ready(experiment.eval_params(result.state))
     return params, time.perf_counter() - start

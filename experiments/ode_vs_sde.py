@@ -11,7 +11,7 @@ discretisation error.
 
 Measured on ring8 (the toy data set with an exact density, ``data.toy.exact_density``):
 
-* models trained through the library from a ring8 toy config (``configs/toy``), one per seed and
+* models trained through the library from a ring8 toy config (``configs/toy.py``), one per seed and
   per training length in ``config.train_steps`` (the config's own 2000 updates, and fewer: a
   deliberately worse score);
 * the exact score of the same mixture (``GaussianMixture.model_fn``) in the same schedule as a
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import runpy
 import shutil
 import time
 
@@ -47,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import toy as toy_configs
 from diffusion_lv import experiment as experiment_lib
 from diffusion_lv import samplers
 from diffusion_lv.data import toy
@@ -54,9 +54,9 @@ from diffusion_lv.eval import metrics
 from diffusion_lv.parameterization import bind
 from experiments import common
 
-TOY_CONFIG_DIR = pathlib.Path(__file__).parents[1] / "configs" / "toy"
-# The toy configs whose data set has an exact density (needed for the truth p_0).
-MODEL_CONFIGS = tuple(sorted(p.stem for p in TOY_CONFIG_DIR.glob("ring8_*.py")))
+# The toy configs (configs/toy.py, SET_ROW names) whose data set has an exact density (needed
+# for the truth p_0).
+MODEL_CONFIGS = tuple(sorted(name for name in toy_configs.NAMES if name.startswith("ring8_")))
 EXACT = "exact"
 ENTROPY_CHUNK = 1 << 20
 TAIL_QUANTILES = (0.5, 0.99, 0.999, 1.0)
@@ -127,7 +127,7 @@ def check_config(config) -> list[Variant]:
 
 def toy_config(config, seed: int, steps: int):
     """The ring8 toy config with ``steps`` updates, without periodic plots or NLL."""
-    toy_cfg = runpy.run_path(str(TOY_CONFIG_DIR / f"{config.model_config}.py"))["get_config"]()
+    toy_cfg = toy_configs.get_config(config.model_config)
     toy_cfg.seed = seed
     toy_cfg.training.num_steps = steps
     toy_cfg.training.steps_per_call = min(toy_cfg.training.steps_per_call, steps)
@@ -172,11 +172,11 @@ def make_sampler(experiment, mixture, exact: bool, sampler: samplers.SamplerConf
 
     def one(params, key):
         if not exact:
-            model, prediction = par.model_fn(bind(experiment.network.apply, params)), par.prediction
-        else:
-            model, prediction = mixture.model_fn(par.schedule, "x0"), "x0"
-        x, _ = samplers.sample(model, prediction, par.schedule, key, shape, sampler,
-                               sigma_data=par.sigma_data)
+            model, spec = par.model_fn(bind(experiment.network.apply, params)), par
+        else:  # the oracle as an x0 model of the same schedule and data scale
+            model = mixture.model_fn(par.schedule, "x0")
+            spec = dataclasses.replace(par, prediction="x0")
+        x, _ = samplers.sample(model, spec, key, shape, sampler)
         return x
 
     return jax.jit(jax.vmap(one))
@@ -357,7 +357,7 @@ def _report(config, results) -> list[str]:
         for steps, seconds in results["train_seconds"].items())
     intro = (
         f"p_0: ring8 (8 modes of std 0.1 on a circle of radius 2; exact density). Trained "
-        f"scores: configs/toy/{config.model_config}.py ({results['schedule']}, network output "
+        f"scores: configs/toy.py:{config.model_config} ({results['schedule']}, network output "
         f"{results['prediction']}, EMA params), one model per seed trained for {training}. "
         f"Exact score: the mixture's own, in the same schedule, on the same grid. Samplers on "
         f"the {config.grid} grid of the schedule's noise range, the last evaluation a final "

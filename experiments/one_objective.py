@@ -2,7 +2,7 @@
 
 A VP score network, a VE-Karras eps network and a rectified-flow velocity network are trained on
 the same data with the same network, steps, batch and optimiser, through the library
-(``experiment_lib.parse`` of a config built from ``configs/toy/common.py`` or
+(``experiment_lib.parse`` of a config built from ``configs/toy.py`` or
 ``configs/digits/common.py``, then ``training.train``). Two weightings:
 
 * ``ml``: the maximum-likelihood weighting ``w_ML = g^2 alpha^2 / (2 sigma^4)`` in x0 space,
@@ -22,7 +22,7 @@ the same data with the same network, steps, batch and optimiser, through the lib
 
 Test NLL: ``likelihood.make_likelihood_fn`` (probability-flow ODE) in bits/dim on held-out data:
 for the 2-D mixture fresh exact samples, next to the true density's figure
-(``evaluate.exact_nll_bits_per_dim``); for the digits the test split, uniformly dequantised over
+(``eval.toy.exact_nll_bits_per_dim``); for the digits the test split, uniformly dequantised over
 its 17 levels. Every model is scored on the same points with the same dequantisation noise and
 probes, so differences between models are paired. Sample quality: SWD to exact samples over its
 Monte Carlo floor (mixture), the digits Frechet distance over its floor (digits); one sampler
@@ -45,7 +45,6 @@ import functools
 import itertools
 import math
 import pathlib
-import runpy
 import shutil
 import time
 
@@ -53,16 +52,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import toy as toy_configs
+from configs.digits import common as digits_configs
 from diffusion_lv import convert, evaluate, samplers
 from diffusion_lv import experiment as experiment_lib
 from diffusion_lv.data import digits, toy
-from diffusion_lv.eval import images as image_eval
+from diffusion_lv.eval import toy as toy_eval
 from diffusion_lv.likelihood import LikelihoodConfig, evaluate_likelihood, make_likelihood_fn
-from diffusion_lv.parameterization import bind
+from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.schedules import get_schedule
 from experiments import common
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # name: (schedule, network output, native weighting, the native loss's name in Table 7)
 MODELS = {
     "vp_score": ("vp", "score", "score", "score matching"),
@@ -80,10 +80,10 @@ Z_AGREE = 2.0  # |difference| / its standard error below which two means agree
 
 
 def _base_config(dataset: str):
-    """The library config a data set starts from (configs/toy or configs/digits)."""
+    """The library config a data set starts from (configs/toy.py or configs/digits)."""
     if dataset == "mixture":
-        return runpy.run_path(str(REPO / "configs/toy/common.py"))["toy_config"](MIXTURE, "rf")
-    return runpy.run_path(str(REPO / "configs/digits/common.py"))["digits_config"]("rf")
+        return toy_configs.toy_config(MIXTURE, "rf")
+    return digits_configs.digits_config("rf")
 
 
 def schedule_range(name: str, sigma_ve_range) -> tuple[float, float]:
@@ -164,7 +164,7 @@ def check_config(config) -> None:
             )
         if not 1 <= nll.batch_size:
             raise ValueError(f"{dataset}.nll.batch_size={nll.batch_size!r} must be >= 1")
-        _likelihood_config(config, dataset, 0.5)
+        _likelihood_config(config, dataset)
         for model, weighting in itertools.product(config.models, config.weightings):
             try:
                 experiment_lib.parse(library_config(config, dataset, model, weighting, 0))
@@ -175,19 +175,19 @@ def check_config(config) -> None:
 # -- the models -----------------------------------------------------------------------------
 
 
-def converted_model(model_fn, kind: str, schedule, target_kind: str, target_schedule,
-                    sigma_data: float):
-    """A model ``(x, t) -> prediction of target_kind`` in ``target_schedule`` that is the given
+def converted_model(model_fn, prediction: str, schedule, target_prediction: str,
+                    target_schedule, sigma_data: float):
+    """A model ``(x, t) -> target_prediction`` in ``target_schedule`` that is the given
     model in another schedule and output, by convert.py alone (e.g. RF velocity -> VP score)."""
-    denoiser = convert.as_ve_denoiser(model_fn, kind, schedule, sigma_data)
-    return convert.as_model(denoiser, target_kind, target_schedule, sigma_data)
+    denoiser = convert.as_ve_denoiser(model_fn, prediction, schedule, sigma_data)
+    return convert.as_model(denoiser, target_prediction, target_schedule, sigma_data)
 
 
-def _likelihood_config(config, dataset: str, sigma_data: float) -> LikelihoodConfig:
+def _likelihood_config(config, dataset: str) -> LikelihoodConfig:
     nll = config[dataset].nll
     return LikelihoodConfig(
         divergence=nll.divergence, num_probes=nll.num_probes, rtol=nll.rtol, atol=nll.atol,
-        error_norm=nll.error_norm, sigma_data=sigma_data,
+        error_norm=nll.error_norm,
         num_levels=digits.NUM_LEVELS if dataset == "digits" else None,
     )
 
@@ -257,8 +257,7 @@ def _run_dataset(config, dataset: str, path: pathlib.Path, timer: _Timer) -> dic
                     shared = experiment
                     likelihood_fn = make_likelihood_fn(
                         shared.parameterization.model_apply(shared.network.apply),
-                        shared.parameterization.prediction, shared.schedule,
-                        _likelihood_config(config, dataset, shared.parameterization.sigma_data),
+                        shared.parameterization, _likelihood_config(config, dataset),
                     )
                 nll = evaluate_likelihood(
                     likelihood_fn, params, _batches(test_x, config[dataset].nll.batch_size),
@@ -280,7 +279,7 @@ def _run_dataset(config, dataset: str, path: pathlib.Path, timer: _Timer) -> dic
                     models.setdefault("rf_ml", []).append((shared, params, seed))
             rows.append(_summarise_row(dataset, model, weighting, runs))
             if dataset == "mixture":  # the true density's figure at this schedule's t_min
-                rows[-1]["true_nll"] = evaluate.exact_nll_bits_per_dim(
+                rows[-1]["true_nll"] = toy_eval.exact_nll_bits_per_dim(
                     MIXTURE, jnp.asarray(test_x), experiment.schedule)
     out = {"rows": rows, "agreement": _agreement(rows, "ml"), "samples": samples_seed0,
            "floor": floor}
@@ -331,7 +330,7 @@ def _quality(config, dataset: str, samples: np.ndarray, key, experiment, floor=N
             return {"value": math.inf, "floor": floor[0], "ratio": math.inf}
         value = float(mixture_swd(jnp.asarray(samples), key, q.num_projections, q.repeats))
         return {"value": value, "floor": floor[0], "ratio": value / floor[0]}
-    result = image_eval.sample_quality(samples, experiment)
+    result = experiment.evaluator.quality(samples, None)
     if not result["samples_finite"]:
         return {"value": math.inf, "floor": math.nan, "ratio": math.inf}
     return {"value": result["frechet_digits"], "floor": result["frechet_digits_floor"],
@@ -394,11 +393,13 @@ def _conversion(config, dataset: str, rf_runs, sample_key, quality_key, floor) -
     own = evaluate.make_sampler(network.apply, rf_param, own_cfg, shape)
     direct = evaluate.make_sampler(network.apply, rf_param, sde_cfg, shape)
 
+    vp_model = Parameterization(vp, "score", sigma_data)
+
     @jax.jit
     def converted(params, key):
         rf_model = rf_param.model_fn(bind(network.apply, params))
         vp_score = converted_model(rf_model, "velocity", rf, "score", vp, sigma_data)
-        x, _ = samplers.sample(vp_score, "score", vp, key, shape, sde_cfg, sigma_data=sigma_data)
+        x, _ = samplers.sample(vp_score, vp_model, key, shape, sde_cfg)
         return x
 
     per_seed = []

@@ -148,7 +148,8 @@ def test_rows_override_the_base():
     ode = parse(load("toy.py:ring8,vp_ode"), num_devices=1)
     rf = parse(load("toy.py:two_moons,rf"), num_devices=1)
     assert sde.schedule.name == ode.schedule.name == "vp"
-    assert sde.sampler.rate == 2.0 and ode.sampler.rate == 1.0
+    assert sde.sampler.resolved_options["c"] == 2.0
+    assert ode.sampler.name == "heun" and "c" not in ode.sampler.resolved_options  # no rate
     assert sde.loss == ode.loss  # the same model and loss; only the sampler differs
     assert rf.schedule.name == "rf" and rf.dataset == "two_moons"
     assert rf.parameterization.prediction == "velocity"
@@ -230,7 +231,7 @@ def test_batch_must_divide_over_devices():
 def test_sampler_rejects_a_rate_it_has_not():
     config = load("default.py")
     config.sampler.c = 0.5
-    with pytest.raises(ConfigError, match=r"config.sampler: .*c=0.5"):
+    with pytest.raises(ConfigError, match=r"config.sampler.c=0.5 is not read by sampler 'heun'"):
         parse(config, num_devices=1)
 
 

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lv import evaluate, progress
+from diffusion_lv import progress
+from diffusion_lv.eval import nll
+from diffusion_lv.eval import toy as toy_eval
 from diffusion_lv.likelihood import LikelihoodConfig
 from diffusion_lv.oracle import random_anisotropic
 from diffusion_lv.parameterization import Parameterization
@@ -40,9 +42,9 @@ def test_batched_nll_matches_the_exact_density(capsys):
     parameterization = Parameterization(schedule, "x0", sigma_data=1.0, scale_input=False)
     x = mixture.sample_marginal(jax.random.PRNGKey(1), 10, schedule.t_min, schedule)
     truth = -np.asarray(mixture.log_prob(x, schedule.t_min, schedule), np.float64)
-    config = LikelihoodConfig(rtol=TOL, atol=TOL, sigma_data=1.0)
+    config = LikelihoodConfig(rtol=TOL, atol=TOL)
     # Batches of 4: 4 + 4 + 2 real examples, the last padded to 4 and the padding dropped.
-    figures = evaluate.evaluate_nll(
+    figures = nll.evaluate_nll(
         oracle_network(schedule), mixture, parameterization, np.asarray(x), config, 4,
         jax.random.PRNGKey(2),
     )
@@ -80,12 +82,12 @@ def test_sample_quality_reports_mmd_with_its_floor():
 
     true = reference(jax.random.PRNGKey(3), 1024)
     shifted = true + 0.5
-    compiled_before = evaluate._quality_draws._cache_size()
-    good = evaluate.sample_quality(true, reference, jax.random.PRNGKey(4), 32, repeats=16)
-    bad = evaluate.sample_quality(shifted, reference, jax.random.PRNGKey(4), 32, repeats=16)
+    compiled_before = toy_eval._quality_draws._cache_size()
+    good = toy_eval.sample_quality(true, reference, jax.random.PRNGKey(4), 32, repeats=16)
+    bad = toy_eval.sample_quality(shifted, reference, jax.random.PRNGKey(4), 32, repeats=16)
     # Same reference and shapes: the second call reuses the first one's program.
-    assert evaluate._quality_draws._cache_size() == compiled_before + 1
-    assert evaluate.reference_sampler("ring8") is evaluate.reference_sampler("ring8")
+    assert toy_eval._quality_draws._cache_size() == compiled_before + 1
+    assert toy_eval.reference_sampler("ring8") is toy_eval.reference_sampler("ring8")
     # True samples: MMD^2 is a draw of the floor's distribution (mean 0); a shift is far above.
     # 16 repeats: the floor's sd is estimated with 15 degrees of freedom (within ~35%).
     assert abs(good["mmd2"]) <= 4 * good["mmd2_floor_sd"]

@@ -143,7 +143,7 @@ def test_ml_rows_share_noise_levels_and_schedules_share_the_range():
         if weighting == "ml":
             assert (loss.weighting, loss.time_sampler.name, loss.importance_weighted) == (
                 "ml", "ml_importance", True)
-            t = loss.time_sampler.sample(key, 64, experiment.schedule)
+            t = loss.time_sampler.sample(key, 64, experiment.parameterization)
             sigma_ml.append(np.asarray(experiment.schedule.sigma_ve(t)))
         else:
             assert (loss.weighting, loss.time_sampler.name, loss.importance_weighted) == (

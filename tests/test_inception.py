@@ -12,7 +12,6 @@ import io
 import json
 import os
 import pickle
-import runpy
 import zipfile
 
 import jax
@@ -22,6 +21,7 @@ import scipy.linalg
 
 from diffusion_lv import experiment as experiment_lib
 from diffusion_lv import main
+from diffusion_lv.config_files import load_config
 from diffusion_lv.eval import fid, inception, metrics, torch_checkpoint
 from diffusion_lv.eval import images as image_eval
 
@@ -610,7 +610,7 @@ def test_stats_files_round_trip_in_pytorch_fids_layout(tmp_path):
 
 
 def digits_config(**eval_overrides):
-    config = runpy.run_path(os.path.join(ROOT, "configs/digits/ve_karras.py"))["get_config"]()
+    config = load_config(os.path.join(ROOT, "configs/digits/ve_karras.py"))
     config.model.update({"channels": 8, "channel_mult": (1,), "num_blocks": 1,
                          "attn_resolutions": ()})
     config.training.update({"batch_size": 4, "num_steps": 1, "steps_per_call": 1,
@@ -640,7 +640,7 @@ def test_config_checks_the_fid_files(tmp_path, weights):
     config = digits_config(fid_reference=str(tmp_path / "small.npz"))
     with pytest.raises(experiment_lib.ConfigError, match="inception_weights is ''"):
         experiment_lib.parse(config, num_devices=1)
-    toy = runpy.run_path(os.path.join(ROOT, "configs/default.py"))["get_config"]()
+    toy = load_config(os.path.join(ROOT, "configs/default.py"))
     toy.eval.inception_weights = weights[0]
     with pytest.raises(experiment_lib.ConfigError, match="FID is for image data sets"):
         experiment_lib.parse(toy, num_devices=1)
@@ -678,7 +678,7 @@ def test_fid_through_main_with_cached_reference_stats(tmp_path, weights, variabl
     # the FID by 2048 - 2 sum(mean(samples) - mu).
     stats = fid.save_stats(str(tmp_path / "given.npz"), mu + 1.0, sigma)
     config.eval.fid_reference = stats
-    given = image_eval.sample_quality(samples, experiment_lib.parse(config, num_devices=1))
+    given = experiment_lib.parse(config, num_devices=1).evaluator.quality(samples, None)
     assert given["fid_reference"] == stats
     expected = result["fid"] + 2048 - 2 * np.sum(sample_features.mean(0) - mu)
     assert given["fid"] == pytest.approx(expected, rel=1e-4)

@@ -8,7 +8,6 @@ checkpoint, and end with exactly the parameters of an uninterrupted run.
 
 import json
 import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -19,7 +18,9 @@ import jax
 import numpy as np
 import pytest
 
+from diffusion_lv import evaluate
 from diffusion_lv import main as main_lib
+from diffusion_lv.config_files import load_config
 from diffusion_lv.training import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 
 def tiny_config():
-    config = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))["get_config"]()
+    config = load_config(os.path.join(ROOT, "configs", "default.py"))
     for dotted, value in TINY.items():
         section, key = dotted.split(".")
         config[section][key] = value
@@ -112,8 +113,8 @@ def test_sigkill_during_save_resumes_from_last_complete_checkpoint(straight_run,
     metrics = main_lib.run(tiny_config(), workdir, "train")
     straight_dir, straight_metrics = straight_run
     config = tiny_config()
-    resumed = main_lib.restore_checkpoint(main_lib.experiment_lib.parse(config), workdir)
-    reference = main_lib.restore_checkpoint(main_lib.experiment_lib.parse(config), straight_dir)
+    resumed = evaluate.restore_checkpoint(main_lib.experiment_lib.parse(config), workdir)
+    reference = evaluate.restore_checkpoint(main_lib.experiment_lib.parse(config), straight_dir)
     assert int(resumed.step) == int(reference.step) == 8
     for a, b in zip(flat_leaves(resumed), flat_leaves(reference), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -167,9 +168,9 @@ def test_eval_of_a_named_checkpoint(straight_run):
     config = tiny_config()
     config.eval.checkpoint_step = 6
     experiment = main_lib.experiment_lib.parse(config)
-    state = main_lib.restore_checkpoint(experiment, workdir)
+    state = evaluate.restore_checkpoint(experiment, workdir)
     assert int(state.step) == 6
-    latest = main_lib.restore_checkpoint(main_lib.experiment_lib.parse(tiny_config()), workdir)
+    latest = evaluate.restore_checkpoint(main_lib.experiment_lib.parse(tiny_config()), workdir)
     assert int(latest.step) == 8
     assert any(not np.array_equal(a, b)
                for a, b in zip(flat_leaves(state.params), flat_leaves(latest.params), strict=True))

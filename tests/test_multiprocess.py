@@ -49,12 +49,12 @@ WORKER = textwrap.dedent(
     port, nproc, pid, _, workdir, slow = sys.argv[1:7]
     nproc, pid, slow = int(nproc), int(pid), float(slow)
     from diffusion_lv import experiment as experiment_lib
-from diffusion_lv import distributed, training
+    from diffusion_lv import distributed, training
     if nproc > 1:
         distributed.initialize("explicit", "127.0.0.1:" + port, nproc, pid)
     assert jax.device_count() == 4, jax.devices()
-    import runpy
-    config = runpy.run_path(os.path.join(os.getcwd(), "configs", "default.py"))["get_config"]()
+    from diffusion_lv.config_files import load_config
+    config = load_config(os.path.join(os.getcwd(), "configs", "default.py"))
     for dotted, value in json.loads(sys.argv[7]).items():
         section, key = dotted.split(".")
         config[section][key] = tuple(value) if isinstance(value, list) else value
@@ -197,16 +197,15 @@ def test_job_resumes_after_one_process_is_killed(single, tmp_path):
     with open(tmp_path / "metrics.json") as f:
         assert json.load(f)["step"] == 8
 
-    import runpy
-
+    from diffusion_lv import evaluate
     from diffusion_lv import experiment as experiment_lib
-    from diffusion_lv import main
+    from diffusion_lv.config_files import load_config
 
-    config = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))["get_config"]()
+    config = load_config(os.path.join(ROOT, "configs", "default.py"))
     for dotted, value in TINY.items():
         section, key = dotted.split(".")
         config[section][key] = value
-    state = main.restore_checkpoint(experiment_lib.parse(config), str(tmp_path))
+    state = evaluate.restore_checkpoint(experiment_lib.parse(config), str(tmp_path))
     assert int(state.step) == 8
     resumed = {"params": [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]}
     assert_same(resumed, single)

@@ -384,8 +384,3 @@ class ImageData:
             process_count=1, source=source,
         )
         return ds[0]["image"]
-
-    def examples_fn(self, key, num: int) -> np.ndarray:
-        """``dataset_fn(key, n)`` signature for evaluation code: ``examples(n)``, key unused."""
-        del key  # reference images are the split's first ones, not a random draw
-        return self.examples(num)

@@ -52,11 +52,6 @@ def features(images) -> np.ndarray:
     return np.maximum(_flatten(images) @ model.coefs_[0] + model.intercepts_[0], 0.0)
 
 
-def test_accuracy() -> float:
-    images, labels = scaled_split("test")
-    return float(np.mean(classifier().predict(_flatten(images)) == labels))
-
-
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """The Frechet distance of the two feature sets' Gaussians (``metrics.frechet_distance``)."""
     return metrics.frechet_distance(feats_a, feats_b)

@@ -1,7 +1,7 @@
-"""Evaluation outputs of image models: sample grids, a denoising strip, and the digits metric.
+"""Evaluation of image data sets: sample grids, a denoising strip, the digits metric and FID.
 
-main.py calls these for image data sets (``experiment.image_data`` set) where it draws scatter
-plots and sliced Wasserstein distances for the 2-D sets:
+``ImageEvaluator`` has the interface of ``toy.ToyEvaluator``; a run picks one of the two once
+(experiment.py) and the post-training code (evaluate.py) never asks which it has.
 
 * ``write_grid``: the first ``GRID_SIZE`` samples as one PNG (``image_grid.py``);
 * ``write_denoising_strip``: one test image noised to a few levels and denoised by the model;
@@ -12,15 +12,16 @@ plots and sliced Wasserstein distances for the 2-D sets:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
 import jax
 import numpy as np
 
-from diffusion_lv import convert
+from diffusion_lv.data.images import ImageData
 from diffusion_lv.eval import image_grid
-from diffusion_lv.parameterization import bind
+from diffusion_lv.eval.config import EvalConfig
 
 GRID_SIZE = 100  # 10 x 10 tiles
 STRIP_SIGMAS = (0.02, 0.1, 0.3, 0.6, 1.0, 2.0, 5.0, 20.0, 80.0)
@@ -42,22 +43,18 @@ def periodic_grid(samples, folder: str, step: int, tensorboard) -> str:
     return image_grid.save_png(picture, os.path.join(folder, f"step_{step:07d}.png"))
 
 
-def write_denoising_strip(experiment, params, path: str, key=None) -> str:
-    """The strip for the first eval image, noise levels within the model's schedule range."""
-    parameterization = experiment.parameterization
-    schedule = parameterization.schedule
-    sigmas = [s for s in STRIP_SIGMAS if schedule.sigma_ve_min <= s <= schedule.sigma_ve_max]
-    model_fn = parameterization.model_fn(bind(experiment.network.apply, params))
-    denoiser = jax.jit(convert.as_ve_denoiser(
-        model_fn, parameterization.prediction, schedule, parameterization.sigma_data
-    ))
-    image = experiment.image_data.examples(1)[0]
-    return image_grid.save_denoising_strip(denoiser, image, path, sigmas, key)
+def write_denoising_strip(ve_denoiser, image, sigma_range, path: str, key=None) -> str:
+    """The strip for one image at the strip's noise levels inside ``sigma_range``
+    (the model schedule's ``(sigma_ve_min, sigma_ve_max)``)."""
+    lo, hi = sigma_range
+    sigmas = [s for s in STRIP_SIGMAS if lo <= s <= hi]
+    return image_grid.save_denoising_strip(jax.jit(ve_denoiser), image, path, sigmas, key)
 
 
-def sample_quality(samples, experiment, workdir: str | None = None) -> dict:
+def sample_quality(samples, dataset: str, config: EvalConfig, image_data: ImageData | None,
+                   workdir: str | None = None) -> dict:
     """Metrics of image samples: digits Frechet distance and floor where available, and FID
-    when ``eval.inception_weights`` is set (reference statistics cached in ``workdir``)."""
+    when ``config.inception_weights`` is set (reference statistics cached in ``workdir``)."""
     samples = np.asarray(samples, np.float64)
     finite = bool(np.all(np.isfinite(samples)))
     result = {
@@ -66,8 +63,9 @@ def sample_quality(samples, experiment, workdir: str | None = None) -> dict:
         "sample_mean": float(np.mean(samples)) if finite else None,
         "sample_std": float(np.std(samples)) if finite else None,
     }
-    if experiment.dataset == "digits" and finite:
-        from diffusion_lv.data import digits, digits_features
+    if dataset == "digits" and finite:
+        from diffusion_lv.data import digits
+        from diffusion_lv.eval import digits_features
 
         n = min(samples.shape[0], digits.NUM_TRAIN)
         distance = digits_features.digits_frechet_distance(np.clip(samples[:n], -1.0, 1.0))
@@ -78,26 +76,27 @@ def sample_quality(samples, experiment, workdir: str | None = None) -> dict:
             "frechet_ratio": distance / floor,
             "within_3x_floor": bool(distance <= 3.0 * floor),
         })
-    if experiment.eval.inception_weights and finite:
-        result.update(inception_fid(samples, experiment, workdir))
+    if config.inception_weights and finite:
+        result.update(inception_fid(samples, config, image_data, workdir))
     return result
 
 
-def inception_fid(samples, experiment, workdir: str | None = None) -> dict:
-    """FID of ``samples`` against ``eval.fid_reference`` or the data set's own statistics."""
+def inception_fid(samples, config: EvalConfig, image_data: ImageData,
+                  workdir: str | None = None) -> dict:
+    """FID of ``samples`` against ``config.fid_reference`` or the data set's own statistics."""
     from diffusion_lv.eval import fid, inception
 
-    weights = experiment.eval.inception_weights
+    weights = config.inception_weights
     extractor = inception.FeatureExtractor.from_file(weights)
-    if experiment.eval.fid_reference:
-        mu, sigma = fid.load_stats(experiment.eval.fid_reference)
-        reference = experiment.eval.fid_reference
+    if config.fid_reference:
+        mu, sigma = fid.load_stats(config.fid_reference)
+        reference = config.fid_reference
     else:
         cache = None if workdir is None else os.path.join(workdir, fid.REFERENCE_CACHE)
         mu, sigma, num, split = fid.reference_stats(
-            experiment.image_data, experiment.eval.num_samples, extractor, cache, weights
+            image_data, config.num_samples, extractor, cache, weights
         )
-        reference = f"{experiment.dataset}/{split}: {num} images"
+        reference = f"{image_data.name}/{split}: {num} images"
     return {
         "fid": fid.fid_from_features(extractor(samples), mu, sigma),
         "fid_num_samples": int(samples.shape[0]),
@@ -106,7 +105,7 @@ def inception_fid(samples, experiment, workdir: str | None = None) -> dict:
 
 
 def summary_line(metrics: dict) -> str:
-    """The console verdict main.py prints after training or eval."""
+    """The console verdict after training or eval."""
     fid = (f"; FID {metrics['fid']:.2f} ({metrics['fid_num_samples']} samples vs "
            f"{metrics['fid_reference']})" if "fid" in metrics else "")
     if "frechet_digits" in metrics:
@@ -117,3 +116,49 @@ def summary_line(metrics: dict) -> str:
             f"{verdict} 3x){fid}"
         )
     return f"{metrics['num_samples']} samples (finite: {metrics['samples_finite']}){fid}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEvaluator:
+    """Evaluates models of an image data set (the pipeline's eval split is the reference)."""
+
+    data: ImageData
+    config: EvalConfig
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        return self.data.data_shape
+
+    @property
+    def num_levels(self) -> int:
+        """Pixel levels the NLL dequantises to (256, or 17 for digits)."""
+        return self.data.info.num_levels
+
+    def held_out(self, num: int, key) -> tuple[np.ndarray, str]:
+        """The eval split's first ``num`` images (all of them if it has fewer)."""
+        del key  # reference images are the split's first ones, not a random draw
+        available = self.data.num_examples(self.data.eval_split)
+        return self.data.examples(min(num, available)), f"{self.data.name}/{self.data.eval_split}"
+
+    def true_nll(self, data, schedule) -> None:
+        return None  # no image set has a known density
+
+    def write_samples(self, samples, workdir: str, title: str, ve_denoiser=None,
+                      sigma_range=None) -> None:
+        """``samples.png`` (a grid) and, given the model's denoiser ``D(z, sigma_ve)`` and its
+        schedule's noise range, ``denoising.png`` for the first eval image."""
+        del title  # a grid has no room for one
+        write_grid(samples, os.path.join(workdir, "samples.png"))
+        if ve_denoiser is not None:
+            write_denoising_strip(ve_denoiser, self.data.examples(1)[0], sigma_range,
+                                  os.path.join(workdir, "denoising.png"))
+
+    def quality(self, samples, key, workdir: str | None = None) -> dict:
+        del key  # the references are fixed splits
+        return sample_quality(samples, self.data.name, self.config, self.data, workdir)
+
+    def periodic(self, samples, folder: str, step: int, tensorboard) -> None:
+        periodic_grid(samples, folder, step, tensorboard)
+
+    def summary(self, metrics: dict) -> str:
+        return summary_line(metrics)
