@@ -66,6 +66,12 @@ def get_config():
     config.training.sample_every = 1000  # 0: no plots during training
     config.training.ema_decays = (0.995, 0.999)  # eval uses the first
     config.training.bucket_edges = (0.1, 1.0, 10.0)  # sigma_ve edges of the loss buckets
+    # None: resume from the newest checkpoint that verifies; N: from exactly step N (later
+    # steps are moved aside to checkpoints/<step>.superseded).
+    config.training.resume_step = config_dict.placeholder(int)
+    # True: the updates of one call are unrolled instead of a lax.scan (XLA:CPU runs convolution
+    # gradients inside a loop far slower; the digits recipe sets it).
+    config.training.unroll_steps = False
 
     # samplers.SamplerConfig fields.
     config.sampler = config_dict.ConfigDict()

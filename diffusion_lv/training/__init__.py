@@ -1,7 +1,7 @@
 """Training: state and optimiser (state.py), the data-parallel step (step.py), checkpoints
 (checkpoint.py) and the loop (loop.py); console progress is diffusion_lv/progress.py."""
 
-from diffusion_lv.training.checkpoint import Checkpointer
+from diffusion_lv.training.checkpoint import Checkpointer, CheckpointError
 from diffusion_lv.training.loop import (
     NonFiniteError,
     TrainConfig,
@@ -22,6 +22,7 @@ from diffusion_lv.training.step import make_batch_fn, make_mesh, make_train_step
 __all__ = [
     "LR_DECAYS",
     "OPTIMIZERS",
+    "CheckpointError",
     "Checkpointer",
     "NonFiniteError",
     "OptimizerConfig",

@@ -1,8 +1,10 @@
 """The training loop: resume, compiled blocks of updates, logs, checkpoints, faults.
 
-* Resume: if ``<workdir>/checkpoints`` holds a checkpoint the run continues from the latest one;
-  since every random draw is a function of (base key, step), the result is bit-for-bit the same
-  as a run that never stopped. Calls are aligned to multiples of ``steps_per_call`` so a resumed
+* Resume: if ``<workdir>/checkpoints`` holds a checkpoint the run continues from the latest one
+  that restores and verifies (damaged steps are moved aside and reported: training/checkpoint.py),
+  or from exactly ``TrainConfig.resume_step`` (later steps are moved aside); since every random
+  draw is a function of (base key, step), the result is bit-for-bit the same as a run that never
+  stopped. Calls are aligned to multiples of ``steps_per_call`` so a resumed
   run executes the same compiled blocks as an uninterrupted one.
 * One host sync per call of ``steps_per_call`` updates (the metrics); events (log, checkpoint,
   samples) fire at the first call boundary at or after each multiple of their interval.
@@ -55,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     bucket_edges: tuple[float, ...] = (0.1, 1.0, 10.0)
     unroll_steps: bool = False  # unroll each call's updates (convolutions on XLA:CPU)
+    resume_step: int | None = None  # resume from exactly this saved step (None: the latest good)
 
     def __post_init__(self):
         checks.number("batch_size", self.batch_size, lo=1, integer=True)
@@ -79,6 +82,7 @@ class TrainConfig:
         checks.number("keep_checkpoints", self.keep_checkpoints, lo=1, integer=True)
         checks.number("sample_every", self.sample_every, lo=0, integer=True)
         checks.number("seed", self.seed, integer=True)
+        checks.number("resume_step", self.resume_step, lo=0, integer=True, optional=True)
         # Normalised as the config parser always did: equal settings compare (and cache) equal.
         object.__setattr__(self, "ema_decays", tuple(float(d) for d in decays))
         object.__setattr__(self, "bucket_edges", tuple(float(e) for e in edges))
@@ -233,9 +237,16 @@ def train(
     state = jax.device_put(fresh, step_lib.replicated(mesh))
 
     display = progress.ProgressLine(config.num_steps, enabled=console)
-    checkpoints = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
+    checkpoints = checkpoint.Checkpointer(
+        workdir, keep=config.keep_checkpoints, log=display.message
+    )
+    try:  # the newest step that verifies (damaged ones moved aside), or exactly resume_step
+        restored = checkpoints.resume(state, config.resume_step)
+    except BaseException:
+        checkpoints.close()
+        raise
+    if restored is not None:
+        state = restored
         display.message(f"resumed from checkpoint at step {int(state.step)}")
     else:
         display.message(
@@ -300,9 +311,10 @@ def train(
                     after_call(state)
         checkpoints.save(state)
         if "signal" in stop:
+            again = ("run the same command again to resume" if config.resume_step is None
+                     else "run again without training.resume_step to resume from it")
             display.message(
-                f"stopped by {stop['signal']} at step {step}: checkpoint saved; "
-                "run the same command again to resume"
+                f"stopped by {stop['signal']} at step {step}: checkpoint saved; {again}"
             )
         else:
             display.message(f"done: {step} steps, checkpoint saved")
