@@ -134,3 +134,19 @@ def load_config(spec: str):
     if get_config is None:
         raise ValueError(f"config file {path!r} has no get_config()")
     return get_config() if arg is None else get_config(arg)
+
+
+def flatten(config) -> dict:
+    """``{"section.key": value}`` of a ConfigDict or nested dict; lists become tuples."""
+    out = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if hasattr(value, "items"):
+                walk(value, name + ".")
+            else:
+                out[name] = tuple(value) if isinstance(value, list) else value
+
+    walk(config, "")
+    return out

@@ -8,7 +8,10 @@ module only strings the steps together:
 * ``make_sampler``: one jitted ``(params, key) -> (samples, nfe)`` per model, sampler and shape;
 * ``write_samples`` / ``write_metrics``: ``samples.npy``, pictures and ``metrics.json``;
 * ``held_out_nll``: the probability-flow NLL of held-out data (eval/nll.py);
-* ``periodic_sampler``: the every-``sample_every``-steps pictures during training.
+* ``periodic_sampler``: the every-``sample_every``-steps pictures during training;
+* ``output_folder`` / ``record_eval``: where ``eval``/``sample`` write (their own folder per
+  step, sampler, NFE and params, never over training's record) and the history of every
+  evaluation (``metrics_history.jsonl``).
 """
 
 from __future__ import annotations
@@ -27,31 +30,39 @@ from diffusion_lv.eval.nll import evaluate_nll, finite_or_none
 from diffusion_lv.experiment import Experiment
 from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.training import state as state_lib
+from diffusion_lv.training.checkpoint import checkpoint_dir
 
 PERIODIC_SAMPLES = 2048  # samples drawn for the every-K-steps pictures
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The finalised checkpoint steps of a run (orbax's unfinished saves are not numbers)."""
+    folder = checkpoint_dir(workdir)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 def restore_checkpoint(experiment: Experiment, workdir: str):
     """The train state of ``eval.checkpoint_step`` (None: the latest); a clear error naming the
-    saved steps if the workdir has no such checkpoint."""
+    saved steps if the workdir has no such checkpoint (checked before anything compiles)."""
+    step = experiment.eval.checkpoint_step
+    saved = saved_steps(workdir)
+    if not saved:
+        raise FileNotFoundError(
+            f"no checkpoint in {checkpoint_dir(workdir)}: run --mode=train first"
+        )
+    if step is not None and step not in saved:
+        raise FileNotFoundError(
+            f"config.eval.checkpoint_step={step} has no checkpoint in "
+            f"{checkpoint_dir(workdir)}; valid choices: {saved}"
+        )
     optimizer = state_lib.make_optimizer(experiment.optimizer)
     like = state_lib.create_train_state(
         experiment.network, optimizer, experiment.training.seed, experiment.data_shape,
         len(experiment.training.ema_decays),
     )
-    step = experiment.eval.checkpoint_step
     checkpoints = training.Checkpointer(workdir, read_only=True)
     try:
-        saved = checkpoints.all_steps()
-        if not saved:
-            raise FileNotFoundError(
-                f"no checkpoint in {checkpoints.directory}: run --mode=train first"
-            )
-        if step is not None and step not in saved:
-            raise FileNotFoundError(
-                f"config.eval.checkpoint_step={step} has no checkpoint in "
-                f"{checkpoints.directory}; valid choices: {sorted(saved)}"
-            )
         return checkpoints.restore(like, step)
     finally:
         checkpoints.close()
@@ -172,6 +183,28 @@ def held_out_nll(experiment: Experiment, state) -> dict:
     if exact is not None:
         result["nll_bpd_true_density"] = exact
     return result
+
+
+def output_folder(experiment: Experiment, workdir: str, step: int) -> str:
+    """``<workdir>/eval/step_<step>-<sampler>-nfe<nfe>-<params>``: one folder per evaluated
+    setting, so eval and sample never overwrite training's outputs or another setting's."""
+    tag = (f"step_{step:07d}-{experiment.sampler.name}-nfe{experiment.sampler.nfe}-"
+           f"{params_label(experiment)}")
+    return os.path.join(workdir, "eval", tag)
+
+
+def record_eval(workdir: str, folder: str, settings: dict, metrics: dict | None) -> None:
+    """``<folder>/eval_config.json`` (the eval-time settings used) and one line of
+    ``<workdir>/metrics_history.jsonl`` per evaluation (training's final one included)."""
+    if not distributed.is_main_process():
+        return
+    if folder != workdir:
+        with open(os.path.join(folder, "eval_config.json"), "w") as f:
+            json.dump(settings, f, indent=2)
+    if metrics is not None:
+        line = {"folder": os.path.relpath(folder, workdir), "time": time.time(), **metrics}
+        with open(os.path.join(workdir, "metrics_history.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 def nll_summary(metrics: dict) -> str:

@@ -1,27 +1,29 @@
 """Entry point: ``python -m diffusion_lv.main --workdir=runs/x [--config=...] [--mode=...]``.
 
-Modes:
-  train   train (resuming from the workdir's latest checkpoint if any), then sample and evaluate
-  eval    metrics.json and samples.png from the latest checkpoint (EMA params by default)
-  sample  samples.png and samples.npy from the latest checkpoint
+Modes: ``train`` (resuming from the workdir's latest checkpoint if any, then sample and
+evaluate), ``eval`` (samples, metrics and held-out NLL of a checkpoint, EMA params by default)
+and ``sample``. Any config value can be overridden, e.g.
+``--config=configs/toy.py:ring8,vp_sde --config.training.num_steps=2000``; without ``--config``
+the quick-start ``configs/default.py`` runs. Everything is checked before anything compiles.
 
-Any config value can be overridden on the command line, e.g.
-``--config=configs/toy.py:ring8,vp_sde --config.training.num_steps=2000``. The config is
-validated before anything compiles. Without ``--config`` the quick-start config
-``configs/default.py`` runs.
+The workdir is the run's record (layout in the README): ``config.json`` and ``run.json`` are
+written once when training starts from scratch; ``eval``/``sample`` evaluate the recorded model
+(without ``--config`` they read its config; ``sampler.*`` and ``eval.*`` may be overridden) into
+``eval/<step>-<sampler>-<nfe>-<params>/``; a config that changes the model is refused for them
+and for resuming, naming the keys. One training run holds a workdir at a time (``run.lock``).
 
-The workdir holds ``config.json``, ``checkpoints/`` (orbax), ``tensorboard/`` (event files),
-``samples/step_*.png`` (during training), ``samples.png``, ``samples.npy`` and ``metrics.json``.
+Exit statuses: 0 finished; 2 usage or config error (one line on stderr, no traceback unless
+``--verbosity`` is given, the workdir unchanged); 3 stopped by SIGTERM/SIGINT after saving;
+4 stopped on a non-finite loss or gradient; 5 no checkpoint passed verification.
 
-Multi-process runs (one process per host or per GPU; see docs/scale.md): ``--distributed=auto``
-detects a cloud TPU pod slice / SLURM; ``--coordinator_address=HOST:PORT --num_processes=N
---process_id=I`` starts one of N processes explicitly. Every process trains (the mesh spans all
-global devices) and joins every checkpoint save; only process 0 logs and writes files. ``eval``
-and ``sample`` read the latest checkpoint and need only one process.
+Multi-process runs (docs/scale.md): ``--distributed=auto`` (TPU pod slice / SLURM) or
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``. Every process trains and
+joins every checkpoint save; only process 0 logs and writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -31,12 +33,17 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from diffusion_lv import config_files, distributed, evaluate, training
+from diffusion_lv import command_line, config_files, distributed, evaluate, run_dir, training
 from diffusion_lv import experiment as experiment_lib
 
 MODES = ("train", "eval", "sample")
+EXIT_PREEMPTED, EXIT_NONFINITE, EXIT_NO_CHECKPOINT = 3, 4, 5  # usage errors: 2
 
 config_files.make_configs_importable()
+if __name__ == "__main__":
+    # ml_collections reads the config file and its overrides while --config is defined below
+    # (with long tracebacks for a bad file or key): check them first.
+    command_line.precheck(sys.argv)
 config_flags.DEFINE_config_file(
     "config", config_files.DEFAULT_CONFIG,
     "Config file (ml_collections); overrides as --config.key=value.",
@@ -53,14 +60,31 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (explicit mode)
 flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 FLAGS = flags.FLAGS
 
+
 def run(config, workdir: str, mode: str) -> dict | None:
     """Run one mode; returns the metrics (eval, or train that finished), else None."""
     experiment = experiment_lib.parse(config)  # every check before anything compiles
+    settings = {"sampler": config.sampler.to_dict(), "eval": config.eval.to_dict(),
+                "command": sys.argv}
+    if mode != "train":  # into a folder of its own: training's record is never overwritten
+        state = evaluate.restore_checkpoint(experiment, workdir)
+        folder = evaluate.output_folder(experiment, workdir, int(state.step))
+        os.makedirs(folder, exist_ok=True)
+        if mode == "sample":
+            evaluate.write_samples(experiment, state, folder)
+            evaluate.record_eval(workdir, folder, settings, None)
+            return None
+        metrics = evaluate.write_metrics(experiment, state, folder)
+        evaluate.record_eval(workdir, folder, settings, metrics)
+        return metrics
+    run_dir.check_resume(workdir, config)  # before the lock and any restore
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    if mode == "train":
+    main_process = jax.process_index() == 0
+    with run_dir.WorkdirLock(workdir) if main_process else contextlib.nullcontext() as lock:
+        if lock is not None and lock.stale is not None:
+            print(f"removed the stale lock of pid {lock.stale.get('pid')} (no such process)")
+        if main_process and not run_dir.started(workdir):
+            run_dir.write_record(workdir, config, sys.argv, [str(d) for d in jax.devices()])
         start = time.perf_counter()
         result = training.train(
             workdir, experiment.network, experiment.parameterization, experiment.loss,
@@ -75,23 +99,35 @@ def run(config, workdir: str, mode: str) -> dict | None:
         train_seconds = round(time.perf_counter() - start, 2)
         # Every process evaluates the same host copy locally (no collective); process 0 writes.
         state = distributed.to_host(result.state)
-        return evaluate.write_metrics(experiment, state, workdir,
-                                      {"train_seconds": train_seconds})
-    state = evaluate.restore_checkpoint(experiment, workdir)
-    if mode == "sample":
-        evaluate.write_samples(experiment, state, workdir)
-        return None
-    return evaluate.write_metrics(experiment, state, workdir)
+        metrics = evaluate.write_metrics(experiment, state, workdir,
+                                         {"train_seconds": train_seconds})
+        evaluate.record_eval(workdir, workdir, settings, metrics)
+        return metrics
 
 
-def summary(config, metrics: dict, workdir: str, seconds: float) -> str:
+def summary(config, metrics: dict, workdir: str, mode: str, seconds: float) -> str:
     """The console lines after a run: the evaluator's verdict, then the NLL if computed."""
-    evaluator = experiment_lib.parse(config).evaluator
-    lines = [f"{evaluator.summary(metrics)}; wrote {os.path.join(workdir, 'metrics.json')} "
-             f"[{seconds:.0f} s]"]
+    experiment = experiment_lib.parse(config)
+    folder = workdir if mode == "train" else evaluate.output_folder(experiment, workdir,
+                                                                     metrics["step"])
+    lines = [f"{experiment.evaluator.summary(metrics)}; wrote "
+             f"{os.path.join(folder, 'metrics.json')} [{seconds:.0f} s]"]
     if metrics.get("nll_bpd") is not None:
         lines.append(evaluate.nll_summary(metrics))
     return "\n".join(lines)
+
+
+def _config_given(argv) -> bool:
+    return any(a == "--config" or a.startswith("--config=") for a in argv)
+
+
+def resolve_config(mode: str, workdir: str, argv):
+    """The config a mode runs with: the command line's for training; for eval/sample the run's
+    record with the eval-time sections from the command line (run_dir.eval_config)."""
+    if mode == "train":
+        return FLAGS.config
+    return run_dir.eval_config(workdir, FLAGS.config, _config_given(argv),
+                               config_flags.get_override_values(FLAGS["config"]))
 
 
 def main(argv):
@@ -108,17 +144,42 @@ def main(argv):
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err
-    if not FLAGS["verbosity"].present:
+    verbose = FLAGS["verbosity"].present
+    if not verbose:
         # orbax logs every save step at INFO; keep the console to the progress line.
         absl_logging.set_verbosity(absl_logging.WARNING)
     start = time.perf_counter()
     try:
-        metrics = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-    except (experiment_lib.ConfigError, training.NonFiniteError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        run_dir.check_workdir(FLAGS.workdir, FLAGS.mode)
+        config = resolve_config(FLAGS.mode, FLAGS.workdir, sys.argv)
+        metrics = run(config, FLAGS.workdir, FLAGS.mode)
+    except (experiment_lib.ConfigError, run_dir.RunDirError, FileNotFoundError) as err:
+        if verbose:
+            raise
+        command_line.fail(str(err))
+    except training.NonFiniteError as err:
+        command_line.fail(str(err), EXIT_NONFINITE)
+    except training.CheckpointError as err:
+        command_line.fail(str(err), EXIT_NO_CHECKPOINT)
+    if FLAGS.mode == "train" and metrics is None:
+        sys.exit(EXIT_PREEMPTED)  # the loop said where it stopped and that it saved
     if metrics is not None and distributed.is_main_process():
-        print(summary(FLAGS.config, metrics, FLAGS.workdir, time.perf_counter() - start))
+        print(summary(config, metrics, FLAGS.workdir, FLAGS.mode, time.perf_counter() - start))
+
+
+def _parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except Exception as err:  # noqa: BLE001 - a flag error in one line, not a traceback
+        command_line.fail(command_line.first_line(err))
+
+
+def cli(argv=None):
+    """``python -m diffusion_lv.main``: command-line errors in one line with status 2."""
+    argv = sys.argv if argv is None else argv
+    command_line.precheck(argv)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli()

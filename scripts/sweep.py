@@ -46,7 +46,7 @@ import shlex
 import subprocess
 import sys
 
-from diffusion_lv import config_files
+from diffusion_lv import config_files, experiment
 
 LAUNCHERS = ("local", "gpus", "tpu")
 DEFAULT_METRICS = ("step", "swd", "swd_ratio", "nll_bpd", "fd", "train_seconds")
@@ -304,8 +304,11 @@ def build(argv: list[str]) -> tuple[argparse.Namespace, list[dict]]:
 
 
 def check_keys(config_spec: str, keys: list[str]) -> None:
-    """A key the base config lacks fails here, before any run starts, naming the valid keys."""
+    """A key the base config lacks, or a key of the base config that the schema
+    (configs/default.py) lacks, fails here before any run starts, naming the valid keys: a
+    misspelled key would otherwise run N identical jobs."""
     config = config_files.load_config(config_spec)
+    experiment.check_keys(config)
     for key in dict.fromkeys(keys):
         node, parts = config, key.split(".")
         for i, part in enumerate(parts):

@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "diffusion_lv"
 
 # Lowest first. Modules of one layer may not import each other, except within one package.
 LAYERS = [
-    ("util", {"__init__", "checks", "progress", "distributed"}),
+    ("util", {"__init__", "checks", "progress", "distributed", "config_files"}),
     ("schedules", {"schedules"}),
     ("convert", {"convert"}),
     ("model description", {"parameterization", "oracle"}),
@@ -19,8 +19,8 @@ LAYERS = [
     ("samplers", {"samplers"}),
     ("networks and data", {"models", "data"}),
     ("training and measurement", {"training", "eval"}),
-    ("config layer", {"experiment", "config_files"}),
-    ("post-training", {"evaluate"}),
+    ("config layer", {"experiment"}),
+    ("post-training", {"evaluate", "run_dir", "command_line"}),
     ("entry point", {"main"}),
 ]
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}

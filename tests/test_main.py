@@ -145,12 +145,22 @@ def test_workdir_contents(straight_run):
 
 def test_eval_and_sample_modes_use_the_latest_checkpoint(straight_run, tmp_path):
     workdir, train_metrics = straight_run
-    os.remove(os.path.join(workdir, "samples.npy"))
+    record = {name: open(os.path.join(workdir, name), "rb").read()
+              for name in ("samples.npy", "samples.png", "metrics.json", "config.json")}
     assert main_lib.run(tiny_config(), workdir, "sample") is None
-    assert np.load(os.path.join(workdir, "samples.npy")).shape == (256, 2)
+    folder = os.path.join(workdir, "eval", "step_0000008-heun-nfe8-ema_0.995")
+    assert np.load(os.path.join(folder, "samples.npy")).shape == (256, 2)
+    assert json.load(open(os.path.join(folder, "eval_config.json")))["sampler"]["nfe"] == 8
     config = tiny_config()
     config.eval.nll_examples = 8
     metrics = main_lib.run(config, workdir, "eval")
+    assert json.load(open(os.path.join(folder, "metrics.json")))["swd"] == metrics["swd"]
+    # Training's record is never overwritten; every evaluation is one line of the history.
+    for name, content in record.items():
+        assert open(os.path.join(workdir, name), "rb").read() == content, name
+    history = [json.loads(line) for line in open(os.path.join(workdir, "metrics_history.jsonl"))]
+    assert [h["folder"] for h in history][-1] == os.path.relpath(folder, workdir)
+    assert history[0]["folder"] == "." and "train_seconds" in history[0]
     assert metrics["step"] == 8 and metrics["params"] == "ema_0.995"
     assert metrics["swd"] == train_metrics["swd"]  # same params, sampler and keys
     # The NLL hook: a finite figure, and the true density's for the same points (ring8).

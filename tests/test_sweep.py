@@ -169,3 +169,18 @@ def test_unknown_config_key_is_named_before_anything_runs():
     with pytest.raises(ValueError, match=r"unknown toy config 'ring9,rf'.*'ring8'"):
         sweep.build([f"--config={config.replace('ring8', 'ring9')}", "--root=r"])
     assert points[0]["argv"][3] == f"--config={config}"  # main gets the spec as given
+
+
+def test_a_misspelled_key_inside_the_base_config_file_is_refused(tmp_path, capsys):
+    """A config file that sets ``config.optimizer.lr`` trains with the default learning rate:
+    a sweep over it would run N identical jobs. The schema (configs/default.py) refuses it."""
+    base = tmp_path / "typo.py"
+    base.write_text("from configs import default\n\n\ndef get_config():\n"
+                    "    config = default.get_config()\n    config.optimizer.lr = 0.1\n"
+                    "    return config\n")
+    assert sweep.main([f"--config={base}", f"--root={tmp_path / 'r'}",
+                       "--config.seed=0,1", "--dry_run"]) == 2
+    error = capsys.readouterr().err
+    assert "config.optimizer.lr is not a key" in error
+    assert "config.optimizer.learning_rate" in error
+    assert not os.path.exists(tmp_path / "r")
