@@ -17,32 +17,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffusion_lv import losses
 from diffusion_lv.config_files import load_config
 from diffusion_lv.data import toy
 from diffusion_lv.experiment import ConfigError, parse
 from diffusion_lv.models.mlp import MLP
-from diffusion_lv.parameterization import Parameterization
-from diffusion_lv.schedules import get_schedule
 from diffusion_lv.training import (
     Checkpointer,
     CheckpointError,
-    OptimizerConfig,
-    TrainConfig,
     create_train_state,
     make_optimizer,
     train,
 )
+from tests.test_train import CONFIG as TRAIN_CONFIG
+from tests.test_train import LOSS, NETWORK, OPTIM, PARAM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NETWORK = MLP(width=16, num_blocks=1, embedding_features=8)
-PARAM = Parameterization(get_schedule("vp"), "eps", sigma_data=1.4)
-LOSS = losses.LossConfig(weighting="ml", time_sampler=losses.TimeSampler("log_snr"))
-OPTIM = OptimizerConfig(name="adam", learning_rate=1e-3, warmup_steps=2, grad_clip=1.0)
-CONFIG = TrainConfig(
-    batch_size=16, num_steps=8, steps_per_call=2, log_every=2, checkpoint_every=2,
-    keep_checkpoints=3, ema_decays=(0.9, 0.99), seed=3,
-)
+# The training tests' tiny model, loss and optimiser; three checkpoints kept here.
+CONFIG = dataclasses.replace(TRAIN_CONFIG, keep_checkpoints=3)
 
 
 def run(workdir, console=True, after_call=None, **changes):
