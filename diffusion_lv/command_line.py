@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from diffusion_lv import config_files
-from diffusion_lv import experiment as experiment_lib
+from diffusion_lv import config_files, config_schema
 
 EXIT_USAGE = 2
 
@@ -57,7 +56,7 @@ def check_command_line(argv) -> None:
                         node[section] = {}
                     node = node[section]
                 node[name] = 0
-            experiment_lib.check_keys(probe)  # names the key and the closest valid ones
+            config_schema.check_keys(probe)  # names the key and the closest valid ones
             raise ValueError(f"--config.{key}: no such key in {path}")
 
 

@@ -46,7 +46,7 @@ import shlex
 import subprocess
 import sys
 
-from diffusion_lv import config_files, experiment
+from diffusion_lv import config_files, config_schema
 
 LAUNCHERS = ("local", "gpus", "tpu")
 DEFAULT_METRICS = ("step", "swd", "swd_ratio", "nll_bpd", "fd", "train_seconds")
@@ -308,7 +308,7 @@ def check_keys(config_spec: str, keys: list[str]) -> None:
     (configs/default.py) lacks, fails here before any run starts, naming the valid keys: a
     misspelled key would otherwise run N identical jobs."""
     config = config_files.load_config(config_spec)
-    experiment.check_keys(config)
+    config_schema.check_keys(config)
     for key in dict.fromkeys(keys):
         node, parts = config, key.split(".")
         for i, part in enumerate(parts):

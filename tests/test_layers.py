@@ -19,6 +19,7 @@ LAYERS = [
     ("samplers", {"samplers"}),
     ("networks and data", {"models", "data"}),
     ("training and measurement", {"training", "eval"}),
+    ("config schema", {"config_schema"}),
     ("config layer", {"experiment"}),
     ("post-training", {"evaluate", "run_dir", "command_line"}),
     ("entry point", {"main"}),
