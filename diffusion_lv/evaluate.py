@@ -30,16 +30,9 @@ from diffusion_lv.eval.nll import evaluate_nll, finite_or_none
 from diffusion_lv.experiment import Experiment
 from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.training import state as state_lib
-from diffusion_lv.training.checkpoint import checkpoint_dir
+from diffusion_lv.training.checkpoint import checkpoint_dir, saved_steps
 
 PERIODIC_SAMPLES = 2048  # samples drawn for the every-K-steps pictures
-
-
-def saved_steps(workdir: str) -> list[int]:
-    """The finalised checkpoint steps of a run (orbax's unfinished saves are not numbers)."""
-    folder = checkpoint_dir(workdir)
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted(int(name) for name in names if name.isdigit())
 
 
 def restore_checkpoint(experiment: Experiment, workdir: str):

@@ -28,6 +28,7 @@ from ml_collections import config_dict
 
 import diffusion_lv
 from diffusion_lv.config_files import flatten
+from diffusion_lv.training.checkpoint import checkpoint_dir, saved_steps
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
@@ -68,14 +69,13 @@ def read_config(workdir: str) -> config_dict.ConfigDict | None:
 
 
 def has_checkpoints(workdir: str) -> bool:
-    folder = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+    return bool(saved_steps(workdir))
 
 
 def started(workdir: str) -> bool:
     """Whether training has saved anything here (usable, damaged or superseded steps): the
     record is written only before that."""
-    folder = os.path.join(workdir, "checkpoints")
+    folder = checkpoint_dir(workdir)
     return os.path.isdir(folder) and bool(os.listdir(folder))
 
 
@@ -103,11 +103,11 @@ def eval_config(workdir: str, given, given_explicitly: bool, overrides: dict):
     if given_explicitly:
         differing = differing_model_keys(recorded, given)
     else:
-        changed = {k: v for k, v in overrides.items() if k.split(".")[0] not in EVAL_SECTIONS}
-        differing = [f"config.{k} (run: {flatten(recorded).get(k, '<absent>')!r}, given: {v!r})"
-                     for k, v in changed.items()
-                     if flatten(recorded).get(k, "<absent>") != (tuple(v) if isinstance(v, list)
-                                                                  else v)]
+        run = flatten(recorded)
+        changed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()
+                   if k.split(".")[0] not in EVAL_SECTIONS}
+        differing = [f"config.{k} (run: {run.get(k, '<absent>')!r}, given: {v!r})"
+                     for k, v in changed.items() if run.get(k, "<absent>") != v]
     if differing:
         raise RunDirError(
             f"--workdir={workdir} was trained with another model; eval and sample may change "

@@ -29,7 +29,7 @@ from diffusion_lv.training import (
     train,
 )
 from tests.test_train import CONFIG as TRAIN_CONFIG
-from tests.test_train import LOSS, NETWORK, OPTIM, PARAM
+from tests.test_train import LOSS, NETWORK, OPTIM, PARAM, assert_same_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The training tests' tiny model, loss and optimiser; three checkpoints kept here.
@@ -44,14 +44,6 @@ def run(workdir, console=True, after_call=None, **changes):
 
 def like(network=NETWORK):
     return create_train_state(network, make_optimizer(OPTIM), CONFIG.seed, (2,), 2)
-
-
-def assert_same_state(a, b):
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    assert tree_a == tree_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def ckdir(workdir):

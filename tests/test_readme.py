@@ -21,6 +21,8 @@ def test_sampling_snippet_runs_and_samples_the_ring():
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
     x0, info = namespace["x0"], namespace["info"]
     assert x0.shape == (1000, 2) and info["nfe"] == 20
-    # The ring of 8 Gaussians has radius 2 and std 0.1: samples lie near the circle.
+    # The ring of 8 Gaussians (radius 2, std 0.1): the exact median radius is 2.0025 with a
+    # Monte Carlo sd of 1.25 * 0.1 / sqrt(1000) = 0.004; 0.1 (25 sd) only asks "is it the ring"
+    # (a standard normal's median radius is 1.18), not the sampler's accuracy (tested elsewhere).
     radius = np.linalg.norm(np.asarray(x0), axis=1)
     assert abs(np.median(radius) - 2.0) < 0.1

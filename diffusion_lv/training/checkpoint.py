@@ -59,6 +59,14 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The finalised steps in a workdir, read from the folder names without opening orbax
+    (unfinished saves, ``.corrupt`` and ``.superseded`` folders are not numbers)."""
+    folder = checkpoint_dir(workdir)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 def _first_line(err: BaseException) -> str:
     """The first line of the error's root cause (orbax wraps TensorStore's precise message in a
     page-long one), at most 300 characters."""
