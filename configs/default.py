@@ -65,6 +65,9 @@ def get_config():
     config.training.keep_checkpoints = 3
     config.training.sample_every = 1000  # 0: no plots during training
     config.training.ema_decays = (0.995, 0.999)  # eval uses the first
+    # EMA half-life capped at this fraction of the updates made (EDM's ramp-up), so a short
+    # run's EMA is never mostly its random initialisation; 0: constant decays.
+    config.training.ema_rampup = 0.05
     config.training.bucket_edges = (0.1, 1.0, 10.0)  # sigma_ve edges of the loss buckets
     # None: resume from the newest checkpoint that verifies; N: from exactly step N (later
     # steps are moved aside to checkpoints/<step>.superseded).

@@ -54,6 +54,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     sample_every: int = 0
     ema_decays: tuple[float, ...] = (0.999,)
+    ema_rampup: float = 0.05  # half-life cap as a fraction of the updates made (EDM); 0: off
     seed: int = 0
     bucket_edges: tuple[float, ...] = (0.1, 1.0, 10.0)
     unroll_steps: bool = False  # unroll each call's updates (convolutions on XLA:CPU)
@@ -75,6 +76,7 @@ class TrainConfig:
                 f"bucket_edges={edges!r} is not valid; valid: strictly increasing positive noise "
                 "levels sigma_ve"
             )
+        checks.number("ema_rampup", self.ema_rampup, lo=0.0)
         checks.number("num_steps", self.num_steps, lo=1, integer=True)
         checks.number("steps_per_call", self.steps_per_call, lo=1, integer=True)
         checks.number("log_every", self.log_every, lo=1, integer=True)
@@ -186,7 +188,8 @@ class _Window:
 
 @functools.lru_cache(maxsize=8)
 def _train_step(
-    network, model, loss_config, optimizer_config, decays, devices, edges, unroll=False
+    network, model, loss_config, optimizer_config, decays, devices, edges, unroll=False,
+    ema_rampup=0.0,
 ):
     """The compiled step, shared by ``train`` calls with equal settings (resume in one process)."""
     return step_lib.make_train_step(
@@ -198,6 +201,7 @@ def _train_step(
         step_lib.make_mesh(devices),
         edges,
         unroll,
+        ema_rampup,
     )
 
 
@@ -263,6 +267,7 @@ def train(
         tuple(mesh.devices.flat),
         config.bucket_edges,
         config.unroll_steps,
+        config.ema_rampup,
     )
     if make_batches is not None:
         batches = make_batches(mesh, config.batch_size, config.seed)
@@ -318,6 +323,8 @@ def train(
             )
         else:
             display.message(f"done: {step} steps, checkpoint saved")
+            for note in state_lib.ema_notes(config.ema_decays, config.ema_rampup, step):
+                display.message(note)
     finally:
         checkpoints.close()
         tensorboard.close()

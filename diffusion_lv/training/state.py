@@ -8,6 +8,7 @@ step ``n`` uses ``fold_in(key, n)``, so a state restored at any step replays the
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -122,11 +123,52 @@ def create_train_state(
     )
 
 
-def update_ema(ema_params: tuple, params, decays: tuple[float, ...]) -> tuple:
+def half_life(decay: float) -> float:
+    """Updates after which an EMA of this decay weighs a past value by one half."""
+    return math.log(0.5) / math.log(decay) if decay > 0 else 0.0
+
+
+def ema_decay_at(decay: float, step, rampup: float):
+    """The decay used for update number ``step`` (1-based): EDM's ramp-up caps the half-life at
+    ``rampup * step`` updates, so an EMA is never mostly its initial (random) value however short
+    the run; ``rampup=0`` keeps the constant ``decay``. Past ``half_life(decay) / rampup``
+    updates the cap no longer binds."""
+    if rampup <= 0 or decay <= 0:
+        return decay
+    capped = jnp.exp2(-1.0 / jnp.maximum(rampup * step, 1e-8))
+    return jnp.minimum(decay, capped)
+
+
+def update_ema(ema_params: tuple, params, decays: tuple[float, ...], step=None,
+               rampup: float = 0.0) -> tuple:
+    """One EMA update per decay; ``step`` is the number of the update just made."""
+    effective = [decay if step is None else ema_decay_at(decay, step, rampup)
+                 for decay in decays]
     return tuple(
         jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
-        for ema, d in zip(ema_params, decays, strict=True)
+        for ema, d in zip(ema_params, effective, strict=True)
     )
+
+
+def ema_notes(decays: tuple[float, ...], rampup: float, steps: int) -> list[str]:
+    """A line for each EMA that has averaged fewer updates than its horizon: with the ramp-up,
+    what it capped the half-life to; without it, how much of the EMA is still the initial
+    parameters."""
+    notes = []
+    for decay in decays:
+        horizon = half_life(decay)
+        if rampup > 0 and rampup * steps < horizon:
+            notes.append(
+                f"EMA {decay:g} (half-life {horizon:.0f} updates) averaged {steps} updates: its "
+                f"ramp-up capped the half-life at {rampup * steps:.0f} (ema_rampup={rampup:g})"
+            )
+        elif rampup <= 0 and decay**steps > 0.01:
+            notes.append(
+                f"EMA {decay:g} (half-life {horizon:.0f} updates) averaged only {steps} updates: "
+                f"{100 * decay**steps:.0f}% of it is still the initial parameters "
+                "(set training.ema_rampup, e.g. 0.05, or use eval.params=raw)"
+            )
+    return notes
 
 
 # Independent random streams derived from the base key.

@@ -104,6 +104,7 @@ def make_train_step(
     mesh: Mesh,
     bucket_edges: Sequence[float] = (0.1, 1.0, 10.0),
     unroll: bool = False,
+    ema_rampup: float = 0.0,
 ) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
     """``train_steps(state, batches) -> (state, metrics)``, jit-compiled, state donated.
 
@@ -117,6 +118,8 @@ def make_train_step(
     (so dropout masks, unlike the loss's draws, depend on the device layout).
     ``unroll=True`` unrolls the block of updates: XLA:CPU runs convolution gradients inside a
     loop about 100x slower than outside one (measured), so image models on CPU need it.
+    ``ema_rampup`` caps each EMA's half-life at that fraction of the updates made
+    (``state.ema_decay_at``; 0: constant decays).
     """
     ema_decays = tuple(float(d) for d in ema_decays)
     num_buckets = len(bucket_edges) + 1
@@ -152,7 +155,9 @@ def make_train_step(
         updated = TrainState(
             step=state.step + 1,
             params=params,
-            ema_params=update_ema(state.ema_params, params, ema_decays),
+            ema_params=update_ema(
+                state.ema_params, params, ema_decays, state.step + 1, ema_rampup
+            ),
             opt_state=opt_state,
             key=state.key,
         )
