@@ -89,6 +89,8 @@ def get_config():
 
     config.eval = config_dict.ConfigDict()
     config.eval.num_samples = 8192
+    # Samples per compiled sampler call (a progress bar over the calls); 0: all in one call.
+    config.eval.sample_batch_size = 0
     config.eval.num_projections = 256
     config.eval.repeats = 8  # reference draws averaged for the distance and its floor
     config.eval.params = "ema"  # ema, raw

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from diffusion_lv import distributed, samplers, training
+from diffusion_lv import distributed, progress, samplers, training
 from diffusion_lv.eval.nll import evaluate_nll, finite_or_none
 from diffusion_lv.experiment import Experiment
 from diffusion_lv.parameterization import Parameterization, bind
@@ -90,6 +90,7 @@ def make_sampler(
         x, nfe = run(params, key)
         return x, int(nfe)
 
+    sample.compiled = lambda: run._cache_size() > 0  # noqa: SLF001 - jax's own jit cache
     return sample
 
 
@@ -101,23 +102,45 @@ def sampler_and_key(experiment: Experiment, num: int):
     return sampler, key
 
 
+def draw_samples(experiment: Experiment, params, num: int) -> tuple[np.ndarray, int]:
+    """``num`` samples in calls of ``eval.sample_batch_size`` (a progress bar over the calls;
+    call ``i`` of several uses ``fold_in(key, i)``, one call the key itself), with a line for
+    the compilation and one for the sampling."""
+    batch = min(experiment.eval.sample_batch_size or num, num)
+    calls = -(-num // batch)
+    sampler, key = sampler_and_key(experiment, batch)
+    keys = [key] if calls == 1 else [jax.random.fold_in(key, i) for i in range(calls)]
+    show = distributed.is_main_process()
+    what = f"{experiment.sampler.name} at NFE {experiment.sampler.nfe}"
+    parts, nfe = [], 0
+    if not sampler.compiled():  # the first call compiles: its own line, not the bar's rate
+        with progress.phase(f"compiled the sampler ({what}, batch {batch})", enabled=show):
+            x, nfe = sampler(params, keys[0])
+            parts.append(np.asarray(x))
+    with progress.phase(f"sampled {num} with {what}", enabled=show):
+        for k in progress.track(keys[len(parts):], calls - len(parts), f"sampling ({what})",
+                                enabled=show and calls - len(parts) > 1):
+            x, nfe = sampler(params, k)
+            parts.append(np.asarray(x))
+    return np.concatenate(parts)[:num], nfe
+
+
 def write_samples(experiment: Experiment, state, workdir: str) -> tuple[np.ndarray, int]:
     """``samples.npy`` and the evaluator's pictures of ``eval.num_samples`` samples."""
-    sampler, key = sampler_and_key(experiment, experiment.eval.num_samples)
     params = experiment.eval_params(state)
-    samples, nfe = sampler(params, key)
-    samples = np.asarray(samples)
+    samples, nfe = draw_samples(experiment, params, experiment.eval.num_samples)
     if not distributed.is_main_process():  # every process samples the same; one writes
         return samples, nfe
     np.save(os.path.join(workdir, "samples.npy"), samples)
     model = experiment.parameterization
-    experiment.evaluator.write_samples(
-        samples, workdir,
-        title=f"{experiment.dataset}: step {int(state.step)}, {experiment.sampler.name} "
-        f"{nfe} NFE, {params_label(experiment)} params",
-        ve_denoiser=model.ve_denoiser(model.model_fn(bind(experiment.network.apply, params))),
-        sigma_range=(model.schedule.sigma_ve_min, model.schedule.sigma_ve_max),
-    )
+    with progress.phase("wrote the sample pictures"):
+        experiment.evaluator.write_samples(
+            samples, workdir,
+            title=f"{experiment.dataset}: step {int(state.step)}, {experiment.sampler.name} "
+            f"{nfe} NFE, {params_label(experiment)} params",
+            ve_denoiser=model.ve_denoiser(model.model_fn(bind(experiment.network.apply, params))),
+            sigma_range=(model.schedule.sigma_ve_min, model.schedule.sigma_ve_max),
+        )
     return samples, nfe
 
 
@@ -134,10 +157,13 @@ def write_metrics(experiment: Experiment, state, workdir: str, extra: dict | Non
         "params": params_label(experiment),
         "sampler": experiment.sampler.name,
         "nfe": nfe,
-        **experiment.evaluator.quality(samples, key, workdir),
     }
+    with progress.phase("measured the samples", enabled=distributed.is_main_process()):
+        result.update(experiment.evaluator.quality(samples, key, workdir))
     if experiment.eval.nll_examples > 0:
-        result.update(held_out_nll(experiment, state))
+        with progress.phase(f"NLL of {experiment.eval.nll_examples} held-out examples",
+                            enabled=distributed.is_main_process()):
+            result.update(held_out_nll(experiment, state))
     result["eval_seconds"] = round(time.perf_counter() - start, 2)
     result.update(extra or {})
     if distributed.is_main_process():

@@ -191,6 +191,24 @@ def test_eval_of_a_named_checkpoint(straight_run):
         main_lib.run(config, workdir, "eval")
 
 
+def test_samples_drawn_in_calls_of_the_sample_batch_size(straight_run, capsys):
+    """``eval.sample_batch_size`` splits the draw into compiled calls of that size (7 = 3 + 3 + 1,
+    the last call's extra samples dropped) with one line for compiling and one for sampling;
+    the calls use distinct keys, so no sample is repeated."""
+    workdir, _ = straight_run
+    config = tiny_config()
+    config.eval.sample_batch_size = 3
+    experiment = main_lib.experiment_lib.parse(config)
+    params = experiment.eval_params(evaluate.restore_checkpoint(experiment, workdir))
+    samples, nfe = evaluate.draw_samples(experiment, params, 7)
+    assert samples.shape == (7, 2) and np.isfinite(samples).all()
+    assert nfe == evaluate.draw_samples(experiment, params, 6)[1]
+    assert len(np.unique(samples.round(6), axis=0)) == 7
+    err = capsys.readouterr().err
+    assert err.count("compiled the sampler") == 1, err  # the same batch shape: compiled once
+    assert "sampled 7 with" in err and "sampled 6 with" in err, err
+
+
 @pytest.mark.slow
 def test_default_config_is_the_three_minute_main_job(tmp_path):
     """The README's first command: train, sample and evaluate on CPU within 3 minutes."""

@@ -77,6 +77,7 @@ def digits_config(row: str):
         eval={
             # 1500 samples: as many as the train images, the Frechet floor's sample size.
             "num_samples": 1500,
+            "sample_batch_size": 500,
             # The probability-flow NLL of 8x8 images takes minutes on a CPU: off unless asked
             # for (e.g. --config.eval.nll_examples=297, the whole test split, in bits/dim).
             "nll_examples": 0,

@@ -13,6 +13,7 @@ EVAL_PARAMS = ("ema", "raw")
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     num_samples: int = 8192
+    sample_batch_size: int = 0  # samples per compiled sampler call; 0: all in one call
     num_projections: int = 256
     repeats: int = 4
     params: str = "ema"  # "ema" (the first EMA decay unless ema_decay says which) or "raw"
@@ -27,6 +28,7 @@ class EvalConfig:
 
     def __post_init__(self):
         checks.number("num_samples", self.num_samples, lo=2, integer=True)
+        checks.number("sample_batch_size", self.sample_batch_size, lo=0, integer=True)
         checks.number("num_projections", self.num_projections, lo=1, integer=True)
         checks.number("repeats", self.repeats, lo=1, integer=True)
         checks.choice("params", self.params, EVAL_PARAMS)
