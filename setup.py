@@ -34,5 +34,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
         "lint": ["ruff>=0.6"],
+        # The viewer of <workdir>/tensorboard: tensorboard --logdir runs
+        "viewer": ["tensorboard>=2.16"],
     },
 )

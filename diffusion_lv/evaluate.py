@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -224,6 +225,21 @@ def record_eval(workdir: str, folder: str, settings: dict, metrics: dict | None)
         line = {"folder": os.path.relpath(folder, workdir), "time": time.time(), **metrics}
         with open(os.path.join(workdir, "metrics_history.jsonl"), "a") as f:
             f.write(json.dumps(line) + "\n")
+        tensorboard = progress.TensorBoard(workdir)
+        tensorboard.scalars(metrics["step"], eval_scalars(metrics))
+        tensorboard.close()
+
+
+def eval_scalars(metrics: dict) -> dict[str, float]:
+    """The numeric metrics as TensorBoard scalars ``eval/<sampler>-nfe<K>-<params>/<name>``:
+    one curve per evaluated setting, plotted against the checkpoint's step."""
+    setting = f"eval/{metrics['sampler']}-nfe{metrics['nfe']}-{metrics['params']}"
+    return {
+        f"{setting}/{name}": float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        and name not in ("step", "nfe") and math.isfinite(value)
+    }
 
 
 def nll_summary(metrics: dict) -> str:

@@ -30,10 +30,17 @@ import time
 
 import jax
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from diffusion_lv import command_line, config_files, distributed, evaluate, run_dir, training
+from diffusion_lv import (
+    command_line,
+    config_files,
+    console,
+    distributed,
+    evaluate,
+    run_dir,
+    training,
+)
 from diffusion_lv import experiment as experiment_lib
 
 MODES = ("train", "eval", "sample")
@@ -62,23 +69,45 @@ FLAGS = flags.FLAGS
 
 
 def run(config, workdir: str, mode: str) -> dict | None:
-    """Run one mode; returns the metrics (eval, or train that finished), else None."""
+    """Run one mode; returns the metrics (eval, or train that finished), else None.
+
+    Every check (config, resume compatibility, the checkpoint to evaluate) comes before the run
+    touches the workdir; from then on its console is appended to ``<workdir>/log.txt``."""
+    start = time.perf_counter()
     experiment = experiment_lib.parse(config)  # every check before anything compiles
     settings = {"sampler": config.sampler.to_dict(), "eval": config.eval.to_dict(),
                 "command": sys.argv}
-    if mode != "train":  # into a folder of its own: training's record is never overwritten
+    main_process = jax.process_index() == 0
+    if mode == "train":
+        run_dir.check_resume(workdir, config)  # before the lock and any restore
+    else:
         state = evaluate.restore_checkpoint(experiment, workdir)
-        folder = evaluate.output_folder(experiment, workdir, int(state.step))
-        os.makedirs(folder, exist_ok=True)
-        if mode == "sample":
-            evaluate.write_samples(experiment, state, folder)
-            evaluate.record_eval(workdir, folder, settings, None)
-            return None
-        metrics = evaluate.write_metrics(experiment, state, folder)
-        evaluate.record_eval(workdir, folder, settings, metrics)
-        return metrics
-    run_dir.check_resume(workdir, config)  # before the lock and any restore
-    os.makedirs(workdir, exist_ok=True)
+    command = " ".join(["python -m diffusion_lv.main", *sys.argv[1:]])
+    log = console.kept_in(run_dir.log_file(workdir), command, enabled=main_process)
+    with log:
+        if mode == "train":
+            metrics = _train(experiment, config, workdir, settings)
+        else:
+            metrics = _evaluate(experiment, state, workdir, mode, settings)
+        if metrics is not None and main_process:
+            print(summary(experiment, metrics, workdir, mode, time.perf_counter() - start))
+    return metrics
+
+
+def _evaluate(experiment, state, workdir: str, mode: str, settings: dict) -> dict | None:
+    """Eval/sample into a folder of its own: training's record is never overwritten."""
+    folder = evaluate.output_folder(experiment, workdir, int(state.step))
+    os.makedirs(folder, exist_ok=True)
+    if mode == "sample":
+        evaluate.write_samples(experiment, state, folder)
+        evaluate.record_eval(workdir, folder, settings, None)
+        return None
+    metrics = evaluate.write_metrics(experiment, state, folder)
+    evaluate.record_eval(workdir, folder, settings, metrics)
+    return metrics
+
+
+def _train(experiment, config, workdir: str, settings: dict) -> dict | None:
     main_process = jax.process_index() == 0
     with run_dir.WorkdirLock(workdir) if main_process else contextlib.nullcontext() as lock:
         if lock is not None and lock.stale is not None:
@@ -105,9 +134,8 @@ def run(config, workdir: str, mode: str) -> dict | None:
         return metrics
 
 
-def summary(config, metrics: dict, workdir: str, mode: str, seconds: float) -> str:
+def summary(experiment, metrics: dict, workdir: str, mode: str, seconds: float) -> str:
     """The console lines after a run: the evaluator's verdict, then the NLL if computed."""
-    experiment = experiment_lib.parse(config)
     folder = workdir if mode == "train" else evaluate.output_folder(experiment, workdir,
                                                                      metrics["step"])
     lines = [f"{experiment.evaluator.summary(metrics)}; wrote "
@@ -135,6 +163,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
+    verbose = FLAGS["verbosity"].present
+    console.quiet(verbose)  # before anything starts a backend or compiles
     mode = FLAGS.distributed
     if mode == "off" and FLAGS.coordinator_address is not None:
         mode = "explicit"
@@ -144,11 +174,6 @@ def main(argv):
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err
-    verbose = FLAGS["verbosity"].present
-    if not verbose:
-        # orbax logs every save step at INFO; keep the console to the progress line.
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    start = time.perf_counter()
     try:
         run_dir.check_workdir(FLAGS.workdir, FLAGS.mode)
         config = resolve_config(FLAGS.mode, FLAGS.workdir, sys.argv)
@@ -163,8 +188,6 @@ def main(argv):
         command_line.fail(str(err), EXIT_NO_CHECKPOINT)
     if FLAGS.mode == "train" and metrics is None:
         sys.exit(EXIT_PREEMPTED)  # the loop said where it stopped and that it saved
-    if metrics is not None and distributed.is_main_process():
-        print(summary(config, metrics, FLAGS.workdir, FLAGS.mode, time.perf_counter() - start))
 
 
 def _parse_flags(argv):

@@ -38,11 +38,13 @@ class ProgressLine:
     def update(self, step: int, loss: float, grad_norm: float, steps_per_sec: float) -> None:
         if not self.enabled:
             return
-        eta = (self.num_steps - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
+        rate = "? steps/s | ETA ?"  # the first window holds the compilation: no rate yet
+        if steps_per_sec > 0:
+            eta = (self.num_steps - step) / steps_per_sec
+            rate = f"{steps_per_sec:.1f} steps/s | ETA {format_duration(eta)}"
         line = (
             f"step {step}/{self.num_steps} ({100.0 * step / self.num_steps:.0f}%) "
-            f"loss {loss:.4g} grad {grad_norm:.3g} | {steps_per_sec:.1f} steps/s | "
-            f"ETA {format_duration(eta)}"
+            f"loss {loss:.4g} grad {grad_norm:.3g} | {rate}"
         )
         if self.interactive:
             self.stream.write("\r" + line.ljust(self._width))

@@ -33,6 +33,7 @@ from diffusion_lv.training.checkpoint import checkpoint_dir, saved_steps
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
+LOG_FILE = "log.txt"  # the console of every invocation, appended
 EVAL_SECTIONS = ("sampler", "eval")  # what eval/sample may change
 # What a checkpoint is: a change here makes the saved state another model (or another shape).
 MODEL_SECTIONS = ("data", "model", "diffusion")
@@ -122,6 +123,10 @@ def eval_config(workdir: str, given, given_explicitly: bool, overrides: dict):
             section, name = key.split(".", 1)
             config[section][name] = value
     return config
+
+
+def log_file(workdir: str) -> str:
+    return os.path.join(workdir, LOG_FILE)
 
 
 def check_workdir(workdir: str, mode: str) -> None:

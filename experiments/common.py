@@ -53,6 +53,8 @@ def launch(run: Callable, module_file: str) -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
+    from diffusion_lv import console
+
     name = pathlib.Path(module_file).stem
     config_flags.DEFINE_config_file(
         "config", str(CONFIG_DIR / f"{name}.py"),
@@ -63,10 +65,10 @@ def launch(run: Callable, module_file: str) -> None:
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        start = time.perf_counter()
+        console.quiet(flags.FLAGS["verbosity"].present)
         run(flags.FLAGS.config, flags.FLAGS.workdir)
+        # The table ends with the run's wall time: the one timing line.
         print((pathlib.Path(flags.FLAGS.workdir) / "table.md").read_text())
-        print(f"{name}: {time.perf_counter() - start:.1f} s wall time")
 
     app.run(main)
 

@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "diffusion_lv"
 
 # Lowest first. Modules of one layer may not import each other, except within one package.
 LAYERS = [
-    ("util", {"__init__", "checks", "progress", "distributed", "config_files"}),
+    ("util", {"__init__", "checks", "progress", "distributed", "config_files", "console"}),
     ("schedules", {"schedules"}),
     ("convert", {"convert"}),
     ("model description", {"parameterization", "oracle"}),

@@ -132,11 +132,30 @@ def test_eval_reads_the_run_and_records_only_eval_time_changes(trained):
     # Without --config the default config (width 64) is not what is evaluated: the record is.
     proc, _ = cli(f"--workdir={trained}", "--mode=sample", "--config.sampler.nfe=6")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # A quiet console: no orbax read-only warnings, no backend or XLA banners, only phase lines.
+    for noise in ("WARNING", "read only", "Unable to initialize backend", "slow compile"):
+        assert noise not in proc.stderr, proc.stderr
+    assert "compiled the sampler (heun at NFE 6" in proc.stderr, proc.stderr
     after = snapshot(trained)
     assert after["config.json"] == before["config.json"] and after["run.json"] == before["run.json"]
     record = json.load(open(os.path.join(trained, "run.json")))
     assert record["version"] and record["devices"] and "--config.training.num_steps=4" not in (
         record["command"])  # written by the training call, not by eval
+
+
+def test_the_run_keeps_its_console_and_its_eval_scalars(trained):
+    """``log.txt`` holds each invocation's console after a header with its command; the final
+    evaluation is a TensorBoard scalar per metric, tagged by the evaluated setting."""
+    log = open(os.path.join(trained, run_dir.LOG_FILE)).read()
+    assert log.startswith("# ") and "python -m diffusion_lv.main" in log.splitlines()[0]
+    for line in ("training from scratch", "done: 4 steps", "compiled the sampler",
+                 "measured the samples", "sliced Wasserstein"):
+        assert line in log, (line, log)
+    events = [os.path.join(base, name) for base, _, names in os.walk(trained)
+              for name in names if name.startswith("events.out.tfevents")]
+    content = b"".join(open(path, "rb").read() for path in events)
+    assert b"eval/heun-nfe8-ema_0.995/swd_ratio" in content
+    assert b"eval/heun-nfe8-ema_0.995/step" not in content  # the step is the x axis
 
 
 def test_resume_with_a_changed_model_is_refused_before_any_restore(trained):

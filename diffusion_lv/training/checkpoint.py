@@ -28,6 +28,7 @@ given sharding. A read-only ``Checkpointer`` (eval) verifies the same way and ch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -183,6 +184,23 @@ class _KeepLatestAndVerified:
         return [step in keep for step in steps]
 
 
+@contextlib.contextmanager
+def _quiet_unless_verbose():
+    """absl at ERROR inside, unless it runs below WARNING (``--verbosity``): orbax warns that a
+    read-only manager will not save, which is what read-only asks for."""
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    if verbosity > absl_logging.WARNING:
+        yield
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
 class Checkpointer:
     """``latest_step``, ``all_steps``, ``save(state)``, ``restore(like, step)`` (verified),
     ``resume(like, step)`` (verified, with fallback), ``close``. ``log`` gets one-line reports."""
@@ -193,16 +211,17 @@ class Checkpointer:
         self.read_only = read_only
         self._log = _print if log is None else log
         self._policy = _KeepLatestAndVerified(keep)
-        options = ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only,
-            preservation_policy=None if read_only else self._policy,
-        )
         # Handlers named up front: without them a fresh manager reads no item metadata.
         handlers = {STATE_ITEM: ocp.StandardCheckpointHandler(),
                     DIGEST_ITEM: ocp.JsonCheckpointHandler()}
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_handlers=handlers
-        )
+        with _quiet_unless_verbose() if read_only else contextlib.nullcontext():
+            options = ocp.CheckpointManagerOptions(
+                create=not read_only, read_only=read_only,
+                preservation_policy=None if read_only else self._policy,
+            )
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=handlers
+            )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
