@@ -26,3 +26,17 @@ def test_sampling_snippet_runs_and_samples_the_ring():
     # (a standard normal's median radius is 1.18), not the sampler's accuracy (tested elsewhere).
     radius = np.linalg.norm(np.asarray(x0), axis=1)
     assert abs(np.median(radius) - 2.0) < 0.1
+
+
+def test_loading_snippet_runs_on_a_trained_run(tmp_path, monkeypatch):
+    """The snippet as printed, from a directory holding ``runs/quickstart`` (a tiny run here)."""
+    from diffusion_lv import main as main_lib
+    from tests.test_run_dir import tiny_config
+
+    main_lib.run(tiny_config(), str(tmp_path / "runs" / "quickstart"), "train")
+    (snippet,) = python_blocks("Loading a trained run")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    run, x = namespace["run"], namespace["x"]
+    assert run.step == 4 and x.shape == (1000, 2) and np.isfinite(np.asarray(x)).all()

@@ -158,6 +158,37 @@ def test_the_run_keeps_its_console_and_its_eval_scalars(trained):
     assert b"eval/heun-nfe8-ema_0.995/step" not in content  # the step is the x axis
 
 
+def test_load_run_restores_the_evaluated_model_and_its_sampler(trained):
+    """``load_run`` gives back exactly what training's final evaluation sampled (same params,
+    sampler and key: the same numbers), picks steps and params, and refuses bad choices."""
+    import jax
+    import numpy as np
+
+    from diffusion_lv import evaluate, load_run
+
+    before = snapshot(trained)
+    run = load_run(trained)
+    assert run.step == 4 and run.model.prediction == run.config.diffusion.prediction
+    _, key = evaluate.sampler_and_key(run.experiment, 256)
+    np.testing.assert_array_equal(np.asarray(run.sample(key, 256)),
+                                  np.load(os.path.join(trained, "samples.npy")))
+    assert run.sampler_config(nfe=12).name == run.experiment.sampler.name
+    assert dict(run.sampler_config("euler", 20, c=2.0).options) == {"c": 2.0}
+    assert run.sampler_config(nfe=12).nfe == 12
+    raw = load_run(trained, step=2, params="raw")
+    assert raw.step == 2 and all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(raw.params), jax.tree.leaves(raw.state.params), strict=True))
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_step=3 .*valid choices: \[2, 4\]"):
+        load_run(trained, step=3)
+    with pytest.raises(main_lib.experiment_lib.ConfigError, match="valid choices"):
+        load_run(trained, params="best")
+    with pytest.raises(ValueError, match="name='nope' is not valid"):
+        run.sample(key, 4, sampler="nope")
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_run(os.path.dirname(trained))
+    assert snapshot(trained) == before  # loading writes nothing
+
+
 def test_resume_with_a_changed_model_is_refused_before_any_restore(trained):
     with pytest.raises(run_dir.RunDirError, match=r"config.model.width \(run: 16, given: 32\)"):
         main_lib.run(tiny_config(**{"model.width": 32}), trained, "train")

@@ -160,7 +160,7 @@ def ema_notes(decays: tuple[float, ...], rampup: float, steps: int) -> list[str]
         if rampup > 0 and rampup * steps < horizon:
             notes.append(
                 f"EMA {decay:g} (half-life {horizon:.0f} updates) averaged {steps} updates: its "
-                f"ramp-up capped the half-life at {rampup * steps:.0f} (ema_rampup={rampup:g})"
+                f"ramp-up capped the half-life at {rampup * steps:.3g} (ema_rampup={rampup:g})"
             )
         elif rampup <= 0 and decay**steps > 0.01:
             notes.append(
