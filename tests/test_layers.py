@@ -21,7 +21,7 @@ LAYERS = [
     ("training and measurement", {"training", "eval"}),
     ("config schema", {"config_schema"}),
     ("config layer", {"experiment"}),
-    ("post-training", {"evaluate", "run_dir", "command_line"}),
+    ("post-training", {"evaluate", "run_dir", "command_line", "trained_run"}),
     ("entry point", {"main"}),
 ]
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}
