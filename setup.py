@@ -36,5 +36,11 @@ setup(
         "lint": ["ruff>=0.6"],
         # The viewer of <workdir>/tensorboard: tensorboard --logdir runs
         "viewer": ["tensorboard>=2.16"],
+        # NVIDIA GPUs: jaxlib's CUDA plugin and the CUDA/cuDNN wheels, all from PyPI
+        # (docs/scale.md, "The device check"); TPU VMs: pip install -U "jax[tpu]".
+        "cuda12": ["jax[cuda12]>=0.7,<0.11"],
+        "cuda13": ["jax[cuda13]>=0.7,<0.11"],
+        # scripts/bench_train.py --torch: the same train step in PyTorch, for the ratio.
+        "torch": ["torch>=2.2"],
     },
 )

@@ -89,19 +89,20 @@ def train_mlp(key, mixture, steps, batch):
     return MODEL.model_apply(network.apply), params, float(jnp.mean(losses[-50:]))
 
 
-def scipy_solver(apply_fn, params, x, probes, tol, fused):
+def scipy_solver(apply_fn, params, x, probes, tol, fused, model=MODEL):
     """A host solve as score_sde does it: ``solve_ivp`` RK45, jitted calls per evaluation.
 
     ``fused``: drift and divergence from one jitted call of the vector field the in-graph solver
     uses (``likelihood.probability_flow_with_divergence``). Otherwise score_sde's layout: a drift
     call and a divergence call, each its own jitted function, so the forward pass runs twice.
-    Returns a function that solves once and gives ``(nll, nfe, latent)``.
+    Returns a function that solves once and gives ``(nll, nfe, latent)``. ``apply_fn(params,
+    x, t)`` gives ``model``'s native output (its schedule's time ``t``).
     """
     batch, dim = x.shape[0], math.prod(x.shape[1:])
-    sigma_data = MODEL.sigma_data
-    t_min, t_max = (jnp.asarray(t, jnp.float32) for t in (SCHEDULE.t_min, SCHEDULE.t_max))
-    alpha_min, alpha_max = float(SCHEDULE.alpha(t_min)), float(SCHEDULE.alpha(t_max))
-    sigma_min, sigma_max = float(SCHEDULE.sigma_ve(t_min)), float(SCHEDULE.sigma_ve(t_max))
+    schedule, sigma_data = model.schedule, model.sigma_data
+    t_min, t_max = (jnp.asarray(t, jnp.float32) for t in (schedule.t_min, schedule.t_max))
+    alpha_min, alpha_max = float(schedule.alpha(t_min)), float(schedule.alpha(t_max))
+    sigma_min, sigma_max = float(schedule.sigma_ve(t_min)), float(schedule.sigma_ve(t_max))
     span = tuple(float(likelihood.solver_time(s, sigma_data)) for s in (sigma_min, sigma_max))
     to_y_min, to_y_max = (
         1 / (math.sqrt(s**2 + sigma_data**2) * a)
@@ -109,7 +110,7 @@ def scipy_solver(apply_fn, params, x, probes, tol, fused):
     )
 
     def field(params, tau, y):
-        denoiser = MODEL.ve_denoiser(lambda x_, t_: apply_fn(params, x_, t_))
+        denoiser = model.ve_denoiser(lambda x_, t_: apply_fn(params, x_, t_))
         return likelihood.probability_flow_with_divergence(denoiser, tau, y, probes, sigma_data)
 
     fused_fn = jax.jit(field)
@@ -134,7 +135,7 @@ def scipy_solver(apply_fn, params, x, probes, tol, fused):
         solution = solve_ivp(ode, span, state0, method="RK45", rtol=tol, atol=tol)
         latent = jnp.asarray(solution.y[:-batch, -1].reshape(x.shape) / to_y_max, jnp.float32)
         integral = solution.y[-batch:, -1]
-        prior = np.asarray(SCHEDULE.prior_log_prob(latent), np.float64)
+        prior = np.asarray(schedule.prior_log_prob(latent), np.float64)
         nll = -(prior + integral + dim * (math.log(alpha_max) - math.log(alpha_min)))
         return nll, solution.nfev, latent
 

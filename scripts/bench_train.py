@@ -6,12 +6,17 @@ and a count of the dense layers' multiply-adds), and achieved FLOP/s as a fracti
 float32 matmul FLOP/s measured in the same process. Ratios are against the first row.
 
     python scripts/bench_train.py [--config configs/default.py] [--seconds 5]
+    python scripts/bench_train.py --torch [--widths 64,256]   # against PyTorch eager
+
+``--torch`` runs the same step written in PyTorch (scripts/torch_reference.py; the optional
+``torch`` extra) alternately with the project's and prints the examples/s ratio per width.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import jax
@@ -51,7 +56,8 @@ def counted_flops(params, batch: int) -> float:
     return 3.0 * forward
 
 
-def bench_variant(experiment, batch: int, steps_per_call: int, seconds: float) -> dict:
+def bench_variant(experiment, batch: int, steps_per_call: int, seconds: float,
+                  flops: bool = True) -> dict:
     optimizer = state_lib.make_optimizer(experiment.optimizer)
     mesh = step_lib.make_mesh()
     fn = step_lib.make_train_step(
@@ -70,17 +76,70 @@ def bench_variant(experiment, batch: int, steps_per_call: int, seconds: float) -
     return {
         "compile_s": compile_seconds,
         "steps_per_sec": steps_per_sec,
-        "xla_flops": one_update_flops(fn, state, batches(0, 1)),
+        "xla_flops": one_update_flops(fn, state, batches(0, 1)) if flops else float("nan"),
         "counted_flops": counted_flops(state.params, batch),
         "params": param_count(state.params),
     }
+
+
+def torch_comparison(config_path: str, widths: list[int], seconds: float, rounds: int) -> None:
+    """The project's compiled step against the same step in PyTorch eager
+    (scripts/torch_reference.py), run alternately in this process: medians of ``rounds``."""
+    try:
+        import torch
+        from torch_reference import TrainStep
+    except ImportError:
+        print("PyTorch is not installed: the comparison is skipped "
+              "(pip install -e '.[torch]' to run it)")
+        return
+    print(f"## The same train step in PyTorch {torch.__version__} eager "
+          f"({torch.get_num_threads()} threads), alternating, median of {rounds} x {seconds:g} s\n")
+    print("| width | params | JAX examples/s | PyTorch examples/s | ratio |")
+    print("|---:|---:|---:|---:|---:|")
+    for width in widths:
+        config = config_files.load_config(config_path)
+        config.model.width = width
+        experiment = experiment_lib.parse(config)
+        batch, per_call = experiment.training.batch_size, experiment.training.steps_per_call
+        reference = TrainStep(experiment, batch)
+        jax_rates, torch_rates, params = [], [], 0
+        for _ in range(rounds):
+            result = bench_variant(experiment, batch, per_call, seconds, flops=False)
+            params = result["params"]
+            jax_rates.append(result["steps_per_sec"] * batch)
+            torch_rates.append(time_torch_step(reference, seconds, per_call) * batch)
+        jax_rate, torch_rate = statistics.median(jax_rates), statistics.median(torch_rates)
+        print(f"| {width} | {params:,} | {jax_rate:,.0f} | {torch_rate:,.0f} | "
+              f"{jax_rate / torch_rate:.2f} |")
+    print("\nratio: JAX examples/s over PyTorch's (same layers, loss, Adam, clip, EMAs, batch).")
+
+
+def time_torch_step(reference, seconds: float, sync_every: int) -> float:
+    """Updates per second of the PyTorch step, reading the loss every ``sync_every`` updates."""
+    for _ in range(3):  # warm-up (allocator, threads)
+        reference.step()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or steps == 0:
+        loss = reference.step()
+        steps += 1
+        if steps % sync_every == 0:
+            loss.item()
+    return steps / (time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.py"))
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per variant")
+    parser.add_argument("--torch", action="store_true",
+                        help="only the comparison with the same step in PyTorch eager")
+    parser.add_argument("--widths", default="64,256", help="MLP widths of the comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (comparison)")
     args = parser.parse_args()
+    if args.torch:
+        widths = [int(w) for w in args.widths.split(",")]
+        torch_comparison(args.config, widths, args.seconds, args.rounds)
+        return
     experiment = experiment_lib.parse(config_files.load_config(args.config))
     batch, per_call = experiment.training.batch_size, experiment.training.steps_per_call
     variants = [(batch, 1), (batch, per_call), (4 * batch, per_call)]

@@ -12,10 +12,13 @@ import time
 import jax
 
 
-def time_train_step(fn, state, batches, steps_per_call: int, seconds: float):
+def time_train_step(fn, state, batches, steps_per_call: int, seconds: float,
+                    details: dict | None = None):
     """``(state, compile_s, steps_per_sec)`` of ``fn`` over at least ``seconds`` (and one call).
 
-    ``batches(first_step, length)`` gives a block of ``length`` updates' batches.
+    ``batches(first_step, length)`` gives a block of ``length`` updates' batches. ``details``, if
+    given, receives ``compiled`` (the program timed, for its cost and memory analyses) and
+    ``first_metrics`` (those of the first call, from ``state`` on the first block).
     """
     block = batches(0, steps_per_call)
     start = time.perf_counter()
@@ -23,6 +26,8 @@ def time_train_step(fn, state, batches, steps_per_call: int, seconds: float):
     compile_seconds = time.perf_counter() - start
     state, metrics = compiled(state, block)  # warm-up
     jax.block_until_ready(metrics)
+    if details is not None:
+        details.update(compiled=compiled, first_metrics=jax.device_get(metrics))
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or steps == 0:
         state, metrics = compiled(state, batches(steps + steps_per_call, steps_per_call))
@@ -36,6 +41,11 @@ def one_update_flops(fn, state, one_update_block) -> float:
 
     XLA counts a loop body once, so this compiles a one-update program.
     """
-    analysis = fn.lower(state, one_update_block).compile().cost_analysis()
+    return compiled_flops(fn.lower(state, one_update_block).compile())
+
+
+def compiled_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled program (NaN if the backend reports none)."""
+    analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
     return float((analysis or {}).get("flops", float("nan")))
