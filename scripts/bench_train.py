@@ -21,7 +21,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from train_timing import one_update_flops, time_train_step
+from train_timing import one_update_flops, time_step, time_train_step
 
 from diffusion_lv import config_files
 from diffusion_lv import experiment as experiment_lib
@@ -82,7 +82,8 @@ def bench_variant(experiment, batch: int, steps_per_call: int, seconds: float,
     }
 
 
-def torch_comparison(config_path: str, widths: list[int], seconds: float, rounds: int) -> None:
+def torch_comparison(config_path: str, widths: list[int], unet_config: str | None,
+                     seconds: float, rounds: int) -> None:
     """The project's compiled step against the same step in PyTorch eager
     (scripts/torch_reference.py), run alternately in this process: medians of ``rounds``."""
     try:
@@ -94,24 +95,36 @@ def torch_comparison(config_path: str, widths: list[int], seconds: float, rounds
         return
     print(f"## The same train step in PyTorch {torch.__version__} eager "
           f"({torch.get_num_threads()} threads), alternating, median of {rounds} x {seconds:g} s\n")
-    print("| width | params | JAX examples/s | PyTorch examples/s | ratio |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| model | params | batch | JAX examples/s | PyTorch examples/s | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    cases = []
     for width in widths:
         config = config_files.load_config(config_path)
         config.model.width = width
+        cases.append((f"MLP width {width} ({os.path.relpath(config_path, ROOT)})", config))
+    if unet_config:
+        cases.append((f"U-Net ({os.path.relpath(unet_config, ROOT)})",
+                      config_files.load_config(unet_config)))
+    for name, config in cases:
         experiment = experiment_lib.parse(config)
         batch, per_call = experiment.training.batch_size, experiment.training.steps_per_call
+        image = len(experiment.data_shape) == 3
         reference = TrainStep(experiment, batch)
-        jax_rates, torch_rates, params = [], [], 0
+        jax_rates, torch_rates = [], []
         for _ in range(rounds):
-            result = bench_variant(experiment, batch, per_call, seconds, flops=False)
-            params = result["params"]
-            jax_rates.append(result["steps_per_sec"] * batch)
+            if image:  # the loop's image step: one unrolled update per call on CPU
+                jax_rates.append(time_step(experiment, batch, jax.devices()[:1],
+                                           seconds=seconds)["images_per_sec"])
+            else:
+                jax_rates.append(bench_variant(experiment, batch, per_call, seconds,
+                                               flops=False)["steps_per_sec"] * batch)
             torch_rates.append(time_torch_step(reference, seconds, per_call) * batch)
         jax_rate, torch_rate = statistics.median(jax_rates), statistics.median(torch_rates)
-        print(f"| {width} | {params:,} | {jax_rate:,.0f} | {torch_rate:,.0f} | "
+        params = sum(p.numel() for p in reference.net.parameters())
+        print(f"| {name} | {params:,} | {batch} | {jax_rate:,.0f} | {torch_rate:,.0f} | "
               f"{jax_rate / torch_rate:.2f} |")
-    print("\nratio: JAX examples/s over PyTorch's (same layers, loss, Adam, clip, EMAs, batch).")
+    print("\nratio: JAX examples/s over PyTorch's (same network, preconditioning, loss, Adam, "
+          "clip, EMAs, batch; both draw their data on the fly).")
 
 
 def time_torch_step(reference, seconds: float, sync_every: int) -> float:
@@ -134,11 +147,14 @@ def main():
     parser.add_argument("--torch", action="store_true",
                         help="only the comparison with the same step in PyTorch eager")
     parser.add_argument("--widths", default="64,256", help="MLP widths of the comparison")
+    parser.add_argument("--unet-config", default=os.path.join(ROOT, "configs", "digits",
+                                                              "ve_karras.py"),
+                        help="image config of the comparison's U-Net row ('' for none)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (comparison)")
     args = parser.parse_args()
     if args.torch:
         widths = [int(w) for w in args.widths.split(",")]
-        torch_comparison(args.config, widths, args.seconds, args.rounds)
+        torch_comparison(args.config, widths, args.unet_config, args.seconds, args.rounds)
         return
     experiment = experiment_lib.parse(config_files.load_config(args.config))
     batch, per_call = experiment.training.batch_size, experiment.training.steps_per_call

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from bench_likelihood import scipy_solver
 from bench_train_images import load
-from train_timing import compiled_flops, time_train_step
+from train_timing import synthetic_images, time_step
 
 from diffusion_lv import evaluate, samplers
 from diffusion_lv.likelihood import LikelihoodConfig, make_likelihood_fn
@@ -118,11 +118,6 @@ def experiment_for(path: str, sizes: Sizes, **overrides):
     return load(path, {**dict(sizes.overrides), **overrides})
 
 
-def synthetic_images(shape):
-    """``dataset_fn(key, n)``: uniform pixels in [-1, 1] of the data's shape, made on device."""
-    return lambda key, n: jax.random.uniform(key, (n, *shape), jnp.float32, -1.0, 1.0)
-
-
 def memory_text(compiled) -> str:
     analysis = compiled.memory_analysis()
     program = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
@@ -131,28 +126,6 @@ def memory_text(compiled) -> str:
     peak = stats.get("peak_bytes_in_use")
     text = f"program {program / 2**30:.2f} GiB"
     return text + (f", allocator peak so far {peak / 2**30:.2f} GiB" if peak else "")
-
-
-def time_step(experiment, batch: int, devices, optimizer=None, seconds: float = 1.0,
-              seed: int = 0) -> dict:
-    """The training loop's compiled step (one update per call) on ``devices``."""
-    mesh = step_lib.make_mesh(devices)
-    optimizer = optimizer or state_lib.make_optimizer(experiment.optimizer)
-    unroll = jax.default_backend() == "cpu"  # XLA:CPU runs convolution gradients in loops slowly
-    fn = step_lib.make_train_step(
-        experiment.network.apply, experiment.parameterization, experiment.loss, optimizer,
-        experiment.training.ema_decays, mesh, experiment.training.bucket_edges, unroll,
-    )
-    state = state_lib.create_train_state(experiment.network, optimizer, seed,
-                                         experiment.data_shape,
-                                         len(experiment.training.ema_decays))
-    state = jax.device_put(state, step_lib.replicated(mesh))
-    batches = step_lib.make_batch_fn(synthetic_images(experiment.data_shape),
-                                     jax.random.PRNGKey(1), batch, mesh)
-    details = {}
-    state, compile_s, steps_per_sec = time_train_step(fn, state, batches, 1, seconds, details)
-    return {"state": state, "compile_s": compile_s, "images_per_sec": steps_per_sec * batch,
-            "flops": compiled_flops(details["compiled"]), "compiled": details["compiled"]}
 
 
 def batch_loss(experiment, params, batch: int):

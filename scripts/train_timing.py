@@ -1,4 +1,4 @@
-"""Timing of a compiled train step, shared by scripts/bench_train*.py (not a script itself).
+"""Timing of a compiled train step, shared by the benchmark scripts (not a script itself).
 
 ``time_train_step`` times ``training.step.make_train_step``'s program the way the training loop
 runs it: one call per block of updates, a host read of the loss after each call (the loop's one
@@ -10,6 +10,10 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
+
+from diffusion_lv.training import state as state_lib
+from diffusion_lv.training import step as step_lib
 
 
 def time_train_step(fn, state, batches, steps_per_call: int, seconds: float,
@@ -49,3 +53,31 @@ def compiled_flops(compiled) -> float:
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
     return float((analysis or {}).get("flops", float("nan")))
+
+
+def synthetic_images(shape):
+    """``dataset_fn(key, n)``: uniform pixels in [-1, 1] of the data's shape, made on device."""
+    return lambda key, n: jax.random.uniform(key, (n, *shape), jnp.float32, -1.0, 1.0)
+
+
+def time_step(experiment, batch: int, devices, optimizer=None, seconds: float = 1.0,
+              seed: int = 0) -> dict:
+    """The training loop's compiled step (one update per call) on ``devices``."""
+    mesh = step_lib.make_mesh(devices)
+    optimizer = optimizer or state_lib.make_optimizer(experiment.optimizer)
+    unroll = jax.default_backend() == "cpu"  # XLA:CPU runs convolution gradients in loops slowly
+    fn = step_lib.make_train_step(
+        experiment.network.apply, experiment.parameterization, experiment.loss, optimizer,
+        experiment.training.ema_decays, mesh, experiment.training.bucket_edges, unroll,
+        experiment.training.ema_rampup,
+    )
+    state = state_lib.create_train_state(experiment.network, optimizer, seed,
+                                         experiment.data_shape,
+                                         len(experiment.training.ema_decays))
+    state = jax.device_put(state, step_lib.replicated(mesh))
+    batches = step_lib.make_batch_fn(synthetic_images(experiment.data_shape),
+                                     jax.random.PRNGKey(1), batch, mesh)
+    details = {}
+    state, compile_s, steps_per_sec = time_train_step(fn, state, batches, 1, seconds, details)
+    return {"state": state, "compile_s": compile_s, "images_per_sec": steps_per_sec * batch,
+            "flops": compiled_flops(details["compiled"]), "compiled": details["compiled"]}

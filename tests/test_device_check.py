@@ -68,7 +68,7 @@ def test_torch_comparison_without_torch_says_so(monkeypatch, capsys):
 
     monkeypatch.setattr(builtins, "__import__", without_torch)
 
-    bench_train.torch_comparison(os.path.join(ROOT, "configs", "default.py"), [64], 0.1, 1)
+    bench_train.torch_comparison(os.path.join(ROOT, "configs", "default.py"), [64], None, 0.1, 1)
     assert "PyTorch is not installed: the comparison is skipped" in capsys.readouterr().out
 
 
@@ -113,3 +113,25 @@ def test_torch_reference_network_is_the_flax_network(monkeypatch):
     expected = np.asarray(flax_net.apply({"params": params}, x, c_noise))
     got = net(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(c_noise))).detach().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_reference_unet_has_the_flax_layout(monkeypatch):
+    """The PyTorch digits U-Net has exactly the parameters of models/unet.py's (per layer
+    shapes differ only by layout), and the same output shape (skipped without PyTorch)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(SCRIPTS)
+    import torch_reference
+
+    from diffusion_lv import experiment as experiment_lib
+    from diffusion_lv.config_files import load_config
+    from diffusion_lv.models import unet
+
+    experiment = experiment_lib.parse(load_config(os.path.join(ROOT, "configs", "digits",
+                                                               "ve_karras.py")))
+    net = torch_reference.network_for(experiment)
+    expected = unet.param_counts(experiment.network, experiment.data_shape)["total"]
+    assert sum(p.numel() for p in net.parameters()) == expected
+    out = net(torch.zeros(3, 1, 8, 8), torch.zeros(3))
+    assert tuple(out.shape) == (3, 1, 8, 8)
+    step = torch_reference.TrainStep(experiment, 4)
+    assert torch.isfinite(step.step())
