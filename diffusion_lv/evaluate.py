@@ -115,14 +115,18 @@ def draw_samples(experiment: Experiment, params, num: int) -> tuple[np.ndarray, 
     what = f"{experiment.sampler.name} at NFE {experiment.sampler.nfe}"
     parts, nfe = [], 0
     if not sampler.compiled():  # the first call compiles: its own line, not the bar's rate
-        with progress.phase(f"compiled the sampler ({what}, batch {batch})", enabled=show):
+        with progress.phase(f"compiled the sampler ({what}, batch {batch}) and drew "
+                            f"{min(batch, num)} samples", enabled=show):
             x, nfe = sampler(params, keys[0])
             parts.append(np.asarray(x))
-    with progress.phase(f"sampled {num} with {what}", enabled=show):
-        for k in progress.track(keys[len(parts):], calls - len(parts), f"sampling ({what})",
-                                enabled=show and calls - len(parts) > 1):
-            x, nfe = sampler(params, k)
-            parts.append(np.asarray(x))
+    if len(parts) < calls:
+        rest = num - batch * len(parts)
+        label = f"sampled {'the remaining ' if parts else ''}{rest} with {what}"
+        with progress.phase(label, enabled=show):
+            for k in progress.track(keys[len(parts):], calls - len(parts),
+                                    f"sampling ({what})", enabled=show and calls - len(parts) > 1):
+                x, nfe = sampler(params, k)
+                parts.append(np.asarray(x))
     return np.concatenate(parts)[:num], nfe
 
 

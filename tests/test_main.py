@@ -206,7 +206,8 @@ def test_samples_drawn_in_calls_of_the_sample_batch_size(straight_run, capsys):
     assert len(np.unique(samples.round(6), axis=0)) == 7
     err = capsys.readouterr().err
     assert err.count("compiled the sampler") == 1, err  # the same batch shape: compiled once
-    assert "sampled 7 with" in err and "sampled 6 with" in err, err
+    assert "compiled the sampler (heun at NFE 8, batch 3) and drew 3 samples" in err, err
+    assert "sampled the remaining 4 with heun" in err and "sampled 6 with heun" in err, err
 
 
 @pytest.mark.slow
