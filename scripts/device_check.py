@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from bench_likelihood import scipy_solver
 from bench_train_images import load
-from train_timing import synthetic_images, time_step
+from train_timing import best_time, synthetic_images, time_step
 
 from diffusion_lv import evaluate, samplers
 from diffusion_lv.likelihood import LikelihoodConfig, make_likelihood_fn
@@ -166,17 +166,6 @@ def train_step_rows(table: Table, path: str, batches: tuple[int, ...], sizes: Si
                   f"{losses['bfloat16']:.5f}, relative difference {rel:.2e}")
 
 
-def timed(fn, *args, repeats: int = 3) -> float:
-    """Best of ``repeats`` warm calls (the first call compiles and is not counted)."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def unet_model(sizes: Sizes):
     experiment = experiment_for(CIFAR, sizes)
     params = state_lib.init_params(experiment.network, jax.random.PRNGKey(0),
@@ -194,7 +183,7 @@ def sampler_rows(table: Table, sizes: Sizes) -> None:
         start = time.perf_counter()
         draw(params, jax.random.PRNGKey(0))
         compile_s = time.perf_counter() - start
-        seconds = timed(lambda draw=draw: draw(params, jax.random.PRNGKey(1))[0])
+        seconds = best_time(lambda draw=draw: draw(params, jax.random.PRNGKey(1))[0])
         table.add("sampler throughput, CIFAR U-Net", f"dpmpp_3m log-SNR grid, NFE {nfe}, "
                   f"batch {sizes.sample_batch}",
                   f"{sizes.sample_batch / seconds:.1f} images/s (first call {compile_s:.1f} s)")
@@ -221,7 +210,7 @@ def sampler_rows(table: Table, sizes: Sizes) -> None:
 
     for batch in (1, sizes.sample_batch):
         z = sigmas[0] * jax.random.normal(jax.random.PRNGKey(2), (batch, *shape))
-        t_scan, t_loop = timed(scanned, z), timed(looped, z)
+        t_scan, t_loop = best_time(scanned, z), best_time(looped, z)
         same = float(jnp.max(jnp.abs(scanned(z) - looped(z))))
         table.add("compiled vs stepped sampler, CIFAR U-Net",
                   f"Euler, {len(host_pairs)} steps, batch {batch}",
@@ -240,7 +229,7 @@ def nll_rows(table: Table, sizes: Sizes) -> None:
                               solver="dopri5")
     fn = make_likelihood_fn(apply_fn, model, config)
     key = jax.random.PRNGKey(4)
-    in_graph = timed(lambda: fn(params, x, key).nll, repeats=1)
+    in_graph = best_time(lambda: fn(params, x, key).nll, repeats=1)
     nfe = int(fn(params, x, key).nfe)
     probes = jax.random.rademacher(key, (1, *x.shape), jnp.float32)
     host = scipy_solver(apply_fn, params, x, probes, tol, fused=True, model=model)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 from bench_train import matmul_flops
-from train_timing import one_update_flops
+from train_timing import best_time, one_update_flops
 
 from diffusion_lv import config_files, losses
 from diffusion_lv import experiment as experiment_lib
@@ -37,16 +36,6 @@ from diffusion_lv.training import state as state_lib
 from diffusion_lv.training import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def best_time(fn, *args, repeats: int = 5) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def scanned(body, length: int):

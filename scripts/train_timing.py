@@ -55,6 +55,18 @@ def compiled_flops(compiled) -> float:
     return float((analysis or {}).get("flops", float("nan")))
 
 
+def best_time(fn, *args, repeats: int = 3) -> float:
+    """Seconds of the fastest of ``repeats`` warm calls of ``fn(*args)`` (the first call compiles
+    and is not counted; the fastest, as the machine may be shared)."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def synthetic_images(shape):
     """``dataset_fn(key, n)``: uniform pixels in [-1, 1] of the data's shape, made on device."""
     return lambda key, n: jax.random.uniform(key, (n, *shape), jnp.float32, -1.0, 1.0)
