@@ -267,7 +267,10 @@ def periodic_sampler(experiment: Experiment, workdir: str):
             return
         os.makedirs(folder, exist_ok=True)
         # Host copies: a local program on process 0, not one over the global mesh.
-        samples, _ = sampler(distributed.to_host(experiment.eval_params(state)), key)
-        experiment.evaluator.periodic(samples, folder, int(state.step), tensorboard)
+        samples, nfe = sampler(distributed.to_host(experiment.eval_params(state)), key)
+        experiment.evaluator.periodic(
+            samples, folder, int(state.step), tensorboard,
+            title=f"{experiment.dataset}: step {int(state.step)}, {experiment.sampler.name} "
+            f"{nfe} NFE, {params_label(experiment)} params")
 
     return on_sample

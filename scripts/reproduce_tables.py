@@ -4,7 +4,10 @@ A thin entry point: the cells, checks and report live in the package ``experimen
 (one module per table; see its docstring), and ``python -m experiments.paper_tables`` from the
 repository root does the same.
 
-Usage: ``python scripts/reproduce_tables.py [--out docs/paper_tables.md] [--points N] [--seed S]``
+Usage: ``python scripts/reproduce_tables.py [--out docs/paper_tables.md] [--points N] [--seed S]
+[--exact-errors]``. The report prints errors below the agreement tolerance (float64 roundoff,
+whose last digits depend on the machine) as the bound, so ``--out`` rewrites the committed
+docs/paper_tables.md byte for byte; ``--exact-errors`` prints the measured values.
 """
 
 from __future__ import annotations

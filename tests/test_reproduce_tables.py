@@ -1,10 +1,11 @@
 """The paper-table reproduction (experiments.paper_tables) keeps its verdicts.
 
 Agreeing cells agree to float64 precision, the printed cells found wrong stay flagged (with a
-correction that agrees), no cell disappears, docs/paper_tables.md matches the package, and
-scripts/reproduce_tables.py stays its entry point.
+correction that agrees), no cell disappears, docs/paper_tables.md matches the package (byte for
+byte, whatever the roundoff of the machine), and scripts/reproduce_tables.py stays its entry point.
 """
 
+import dataclasses
 import importlib.util
 import pathlib
 
@@ -109,6 +110,60 @@ def test_committed_report_matches_the_script(run):
         line = next((x for x in doc.splitlines() if x.startswith(prefix)), None)
         assert line is not None, f"{key} is missing from docs/paper_tables.md: regenerate it"
         assert f"| {r.verdict.split(':')[0]}" in line, f"{key}: stale verdict, regenerate"
+
+
+def _other_roundoff(results, factor):
+    """The results as another machine could measure them: every error at most the tolerance
+    (an agreeing cell, an agreeing correction) scaled by ``factor``, the rest unchanged."""
+    def scaled(error):
+        if error is None or error > cells.TOLERANCE:
+            return error
+        return min(error * factor, cells.TOLERANCE)
+
+    return [dataclasses.replace(r, error=scaled(r.error), corrected_error=scaled(r.corrected_error))
+            for r in results]
+
+
+def test_report_does_not_depend_on_the_roundoff(run):
+    """Roundoff-level errors change their last digits between machines: the report (and so
+    ``--out``) must not, while ``exact`` shows them and the order-one errors stay printed."""
+    results, notes = run
+    results = list(results.values())
+    report = runner.to_markdown(results, notes, NUM_POINTS, 0)
+    for factor in (0.0, 0.37, 1.9, 1e6):
+        other = _other_roundoff(results, factor)
+        assert runner.to_markdown(other, notes, NUM_POINTS, 0) == report, factor
+        exact = runner.to_markdown(other, notes, NUM_POINTS, 0, exact=True)
+        assert exact != report
+    assert runner.to_markdown(results, notes, NUM_POINTS, 0) == report  # deterministic
+    # The printed typos keep their measured error (set by the points, not by roundoff).
+    for key in KNOWN_DISAGREEMENTS:
+        line = next(x for x in report.splitlines()
+                    if x.startswith(f"| {cells.md_escape(run[0][key].cell.name)} |"))
+        assert f"| {run[0][key].error:.1e} |" in line
+        assert f"correction ≤ {cells.TOLERANCE:.0e})" in line
+    # A disagreeing error changes the report: the comparison is not blind.
+    worse = [dataclasses.replace(r, error=2 * r.error) if r.cell.key in KNOWN_DISAGREEMENTS
+             else r for r in results]
+    assert runner.to_markdown(worse, notes, NUM_POINTS, 0) != report
+
+
+def test_format_error_prints_the_bound_below_the_tolerance():
+    assert cells.format_error(3.1e-15) == cells.format_error(0.0) == "≤ 1e-08"
+    assert cells.format_error(cells.TOLERANCE) == "≤ 1e-08"
+    assert cells.format_error(2e-8) == "2.0e-08"
+    assert cells.format_error(0.99948) == "1.0e+00"
+    assert cells.format_error(3.1e-15, exact=True) == "3.1e-15"
+
+
+@pytest.mark.slow
+def test_committed_report_is_byte_identical_to_the_script(tmp_path, capsys):
+    """``--out`` with the committed settings rewrites docs/paper_tables.md unchanged (twice)."""
+    committed = (ROOT / "docs" / "paper_tables.md").read_bytes()
+    for name in ("first.md", "second.md"):
+        assert _load_script().main(["--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_bytes() == committed, "stale report: regenerate it"
+    capsys.readouterr()
 
 
 def test_bad_point_count_is_rejected():

@@ -2,7 +2,9 @@
 
 Images are NHWC floats in ``[-1, 1]`` (the data pipeline's convention), with 1 or 3 channels;
 out-of-range values are clipped. Small images (the 8x8 digits) are enlarged by an integer
-nearest-neighbour factor so that pixels stay sharp.
+nearest-neighbour factor so that pixels stay sharp. A ``title`` (what was sampled: step, sampler,
+NFE, parameters) is drawn on a band above the picture, wrapped to its width, and stored in the
+PNG's ``Title`` text field.
 
 The denoising strip shows one image at a few noise levels ``sigma_ve``: the top row is the noisy
 state and the bottom row the model's denoiser ``D = E[x0 | x_t]`` at that state. The noisy state
@@ -62,14 +64,67 @@ def image_grid(
     return grid
 
 
-def save_png(picture: np.ndarray, path: str) -> str:
-    """Write a ``uint8`` ``(H, W, C)`` picture as PNG (grey for one channel); returns the path."""
-    from PIL import Image
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable (Pillow >= 10.1 with FreeType)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()  # the fixed bitmap font
+
+
+def _wrap(text: str, width: int, measure) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken at spaces (and at ``\n``); a word
+    wider than ``width`` gets a line of its own."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and measure(candidate) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def add_title(picture: np.ndarray, title: str, font_size: int = 11, pad_value: int = 255,
+              margin: int = 3) -> np.ndarray:
+    """``picture`` (``uint8`` ``(H, W, C)``) below a band of ``pad_value`` holding ``title`` in
+    black, wrapped to the picture's width (one more line per ``\n``)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1))).textlength
+    width = picture.shape[1]
+    lines = _wrap(title, width - 2 * margin, lambda text: measure(text, font=font))
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font_size, 2)
+    line_height = ascent + descent + 1
+    band = Image.new("L", (width, margin * 2 + line_height * len(lines)), pad_value)
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        draw.text((margin, margin + i * line_height), line, fill=0, font=font)
+    band = np.repeat(np.asarray(band, np.uint8)[..., None], picture.shape[-1], axis=-1)
+    return np.concatenate([band, picture], axis=0)
+
+
+def save_png(picture: np.ndarray, path: str, title: str | None = None) -> str:
+    """Write a ``uint8`` ``(H, W, C)`` picture as PNG (grey for one channel), with ``title`` in
+    its ``Title`` text field if given; returns the path."""
+    from PIL import Image, PngImagePlugin
 
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(path)
+    info = None
+    if title:
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("Title", title)
+    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(
+        path, pnginfo=info
+    )
     return path
 
 
@@ -78,11 +133,16 @@ def auto_scale(image_size: int, target: int = 32) -> int:
     return max(1, math.ceil(target / image_size))
 
 
-def save_image_grid(images, path: str, num_cols: int | None = None, scale: int | None = None):
-    """``image_grid`` + ``save_png``; ``scale`` defaults to ``auto_scale`` of the image size."""
+def save_image_grid(images, path: str, num_cols: int | None = None, scale: int | None = None,
+                    title: str | None = None):
+    """``image_grid`` (+ ``add_title`` if ``title``) + ``save_png``; ``scale`` defaults to
+    ``auto_scale`` of the image size."""
     images = np.asarray(images)
     scale = auto_scale(images.shape[2]) if scale is None else scale
-    return save_png(image_grid(images, num_cols, scale=scale), path)
+    picture = image_grid(images, num_cols, scale=scale)
+    if title:
+        picture = add_title(picture, title)
+    return save_png(picture, path, title)
 
 
 def denoising_strip(
@@ -114,8 +174,13 @@ def save_denoising_strip(
     sigmas: Sequence[float] = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0, 80.0),
     key: Array | None = None,
     scale: int | None = None,
+    title: str | None = None,
 ) -> str:
-    """Write the denoising strip of ``image`` as a PNG (two rows, one column per level)."""
+    """Write the denoising strip of ``image`` as a PNG (two rows, one column per level), under
+    ``title`` (if given) and a line naming the levels."""
     key = jax.random.PRNGKey(0) if key is None else key
     strip = denoising_strip(ve_denoiser, image, sigmas, key)
-    return save_image_grid(strip, path, num_cols=len(sigmas), scale=scale)
+    levels = ", ".join(f"{s:g}" for s in sigmas)
+    label = f"noisy (top) and denoised (bottom) at sigma_ve = {levels}"
+    label = f"{title}\n{label}" if title else label
+    return save_image_grid(strip, path, num_cols=len(sigmas), scale=scale, title=label)

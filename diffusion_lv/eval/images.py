@@ -3,7 +3,8 @@
 ``ImageEvaluator`` has the interface of ``toy.ToyEvaluator``; a run picks one of the two once
 (experiment.py) and the post-training code (evaluate.py) never asks which it has.
 
-* ``write_grid``: the first ``GRID_SIZE`` samples as one PNG (``image_grid.py``);
+* ``write_grid``: the first ``GRID_SIZE`` samples as one PNG (``image_grid.py``) under a title
+  saying what they are (step, sampler, NFE, parameters);
 * ``write_denoising_strip``: one test image noised to a few levels and denoised by the model;
 * ``sample_quality``: for ``digits`` the Frechet distance in digits-classifier features against
   the test split and its floor (train images of the same number); with ``eval.inception_weights``
@@ -27,28 +28,47 @@ GRID_SIZE = 100  # 10 x 10 tiles
 STRIP_SIGMAS = (0.02, 0.1, 0.3, 0.6, 1.0, 2.0, 5.0, 20.0, 80.0)
 
 
-def write_grid(samples, path: str) -> str:
-    samples = np.asarray(samples)[:GRID_SIZE]
-    return image_grid.save_image_grid(samples, path, num_cols=math.ceil(math.sqrt(len(samples))))
+def grid_title(title: str | None, num_shown: int, num_samples: int) -> str | None:
+    """``title`` and how many of the samples the grid shows (None without a title)."""
+    if not title:
+        return None
+    shown = (f"the first {num_shown} of {num_samples} samples" if num_shown < num_samples
+             else f"{num_samples} samples")
+    return f"{title}; {shown}"
 
 
-def periodic_grid(samples, folder: str, step: int, tensorboard) -> str:
-    """During training: ``<folder>/step_<step>.png`` and the same grid in TensorBoard."""
-    samples = np.asarray(samples)[:GRID_SIZE]
+def write_grid(samples, path: str, title: str | None = None) -> str:
+    """The first ``GRID_SIZE`` samples as one PNG, under ``title`` (e.g. ``"digits: step 400,
+    euler 20 NFE, ema_0.999 params"``) and how many of the samples it shows."""
+    samples = np.asarray(samples)
+    shown = samples[:GRID_SIZE]
+    return image_grid.save_image_grid(shown, path, num_cols=math.ceil(math.sqrt(len(shown))),
+                                      title=grid_title(title, len(shown), len(samples)))
+
+
+def periodic_grid(samples, folder: str, step: int, tensorboard, title: str | None = None) -> str:
+    """During training: ``<folder>/step_<step>.png`` and the same grid in TensorBoard, under
+    ``title`` (default ``step <step>``)."""
+    samples = np.asarray(samples)
+    shown = samples[:GRID_SIZE]
     picture = image_grid.image_grid(
-        samples, math.ceil(math.sqrt(len(samples))), scale=image_grid.auto_scale(samples.shape[2])
+        shown, math.ceil(math.sqrt(len(shown))), scale=image_grid.auto_scale(shown.shape[2])
     )
+    title = grid_title(title or f"step {step}", len(shown), len(samples))
+    picture = image_grid.add_title(picture, title)
     if getattr(tensorboard, "writer", None) is not None:
         tensorboard.writer.add_image("samples", picture, step, dataformats="HWC")
-    return image_grid.save_png(picture, os.path.join(folder, f"step_{step:07d}.png"))
+    return image_grid.save_png(picture, os.path.join(folder, f"step_{step:07d}.png"), title)
 
 
-def write_denoising_strip(ve_denoiser, image, sigma_range, path: str, key=None) -> str:
+def write_denoising_strip(ve_denoiser, image, sigma_range, path: str, key=None,
+                          title: str | None = None) -> str:
     """The strip for one image at the strip's noise levels inside ``sigma_range``
-    (the model schedule's ``(sigma_ve_min, sigma_ve_max)``)."""
+    (the model schedule's ``(sigma_ve_min, sigma_ve_max)``), under ``title`` and its levels."""
     lo, hi = sigma_range
     sigmas = [s for s in STRIP_SIGMAS if lo <= s <= hi]
-    return image_grid.save_denoising_strip(jax.jit(ve_denoiser), image, path, sigmas, key)
+    return image_grid.save_denoising_strip(jax.jit(ve_denoiser), image, path, sigmas, key,
+                                           title=title)
 
 
 def sample_quality(samples, dataset: str, config: EvalConfig, image_data: ImageData | None,
@@ -145,20 +165,21 @@ class ImageEvaluator:
 
     def write_samples(self, samples, workdir: str, title: str, ve_denoiser=None,
                       sigma_range=None) -> None:
-        """``samples.png`` (a grid) and, given the model's denoiser ``D(z, sigma_ve)`` and its
-        schedule's noise range, ``denoising.png`` for the first eval image."""
-        del title  # a grid has no room for one
-        write_grid(samples, os.path.join(workdir, "samples.png"))
+        """``samples.png`` (a grid under ``title``: step, sampler, NFE, parameters) and, given
+        the model's denoiser ``D(z, sigma_ve)`` and its schedule's noise range,
+        ``denoising.png`` for the first eval image."""
+        write_grid(samples, os.path.join(workdir, "samples.png"), title=title)
         if ve_denoiser is not None:
             write_denoising_strip(ve_denoiser, self.data.examples(1)[0], sigma_range,
-                                  os.path.join(workdir, "denoising.png"))
+                                  os.path.join(workdir, "denoising.png"), title=title)
 
     def quality(self, samples, key, workdir: str | None = None) -> dict:
         del key  # the references are fixed splits
         return sample_quality(samples, self.data.name, self.config, self.data, workdir)
 
-    def periodic(self, samples, folder: str, step: int, tensorboard) -> None:
-        periodic_grid(samples, folder, step, tensorboard)
+    def periodic(self, samples, folder: str, step: int, tensorboard,
+                 title: str | None = None) -> None:
+        periodic_grid(samples, folder, step, tensorboard, title)
 
     def summary(self, metrics: dict) -> str:
         return summary_line(metrics)

@@ -23,6 +23,20 @@ from .measure import Context
 TOLERANCE = 1e-8
 
 
+def format_error(error: float, exact: bool = False) -> str:
+    """An error for the report: its measured value above ``TOLERANCE``, else the bound.
+
+    Errors at most the tolerance are float64 roundoff, and their values change with the machine,
+    its vector instructions and the XLA version (the same points, a different last digit or two),
+    so the committed report prints them as the bound and stays byte-identical across runs;
+    ``exact`` prints the measured value. Errors above the tolerance are set by the random points
+    (a printed cell off at order one), which are the same on every machine.
+    """
+    if exact or error > TOLERANCE:
+        return f"{error:.1e}"
+    return f"≤ {TOLERANCE:.0e}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     table: int
@@ -67,6 +81,11 @@ class Result:
 
     @property
     def verdict(self) -> str:
+        return self.verdict_text()
+
+    def verdict_text(self, exact: bool = False) -> str:
+        """``definition``, ``agrees`` or ``DISAGREES: ...`` with the correction and its error
+        (``format_error``: the bound when it agrees, unless ``exact``)."""
         if self.error is None:
             return "definition"
         if self.agrees:
@@ -75,7 +94,7 @@ class Result:
             return "DISAGREES: no correction recorded"
         return (
             f"DISAGREES: corrected: {self.cell.correction} "
-            f"(max rel. error of the correction {self.corrected_error:.1e})"
+            f"(max rel. error of the correction {format_error(self.corrected_error, exact)})"
         )
 
 
@@ -104,9 +123,11 @@ def md_escape(text: str) -> str:
 
 
 def table_section(
-    table: int, title: str, compared_with: str, results: Iterable[Result], notes: list[str]
+    table: int, title: str, compared_with: str, results: Iterable[Result], notes: list[str],
+    exact: bool = False,
 ) -> list[str]:
-    """The markdown lines of one table: heading, what it is compared with, rows, notes."""
+    """The markdown lines of one table: heading, what it is compared with, rows, notes
+    (errors through ``format_error``)."""
     lines = [
         "",
         f"## Table {table}: {title}",
@@ -120,9 +141,9 @@ def table_section(
         if r.cell.table != table:
             continue
         cases = ", ".join(case_label(c) for c in r.cell.cases) or "—"
-        error = "—" if r.error is None else f"{r.error:.1e}"
+        error = "—" if r.error is None else format_error(r.error, exact)
         lines.append(
             f"| {md_escape(r.cell.name)} | {md_escape(r.cell.printed)} | {cases} | {error} | "
-            f"{md_escape(r.verdict)} |"
+            f"{md_escape(r.verdict_text(exact))} |"
         )
     return lines + notes
