@@ -21,7 +21,8 @@ LAYERS = [
     ("training and measurement", {"training", "eval"}),
     ("config schema", {"config_schema"}),
     ("config layer", {"experiment"}),
-    ("post-training", {"evaluate", "run_dir", "command_line", "trained_run"}),
+    ("post-training", {"evaluate", "run_dir", "command_line"}),
+    ("a run from Python", {"trained_run"}),  # load_run: restores through evaluate and run_dir
     ("entry point", {"main"}),
 ]
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}
