@@ -205,3 +205,96 @@ def random_anisotropic(
         covs.append((q * lam) @ q.T)
     weights = rng.uniform(0.5, 1.5, num_modes)
     return GaussianMixture.from_covariances(weights, means, np.stack(covs))
+
+
+def correlated_gaussian(dim: int, length_scale: float = 3.0, nugget: float = 0.01):
+    """One Gaussian with a smooth stationary covariance ``exp(-(i-j)^2 / (2 l^2)) + nugget I``
+    over the coordinates (laid out on a line, or read as a square image): neighbours are
+    strongly correlated, so a masked coordinate is well predicted by the known ones."""
+    idx = np.arange(dim, dtype=np.float64)
+    cov = np.exp(-0.5 * np.square((idx[:, None] - idx[None]) / length_scale))
+    return GaussianMixture.from_covariances([1.0], [np.zeros(dim)], [cov + nugget * np.eye(dim)])
+
+
+# -- exact conditionals (closed forms, float64 numpy) ---------------------------------------
+#
+# A Gaussian mixture stays a Gaussian mixture under conditioning: each component is conditioned
+# as a Gaussian (Schur complement) and its weight is multiplied by the evidence it gives the
+# observation. Both functions return a plain GaussianMixture, so its samples, moments and scores
+# serve as the exact reference of a conditional sampler.
+
+
+def _covariances(gm: GaussianMixture) -> np.ndarray:
+    vecs, lam = np.asarray(gm.eigvecs, np.float64), np.asarray(gm.eigvals, np.float64)
+    return np.einsum("kij,kj,klj->kil", vecs, lam, vecs)
+
+
+def _log_gaussian(y: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:
+    chol = np.linalg.cholesky(cov)
+    white = np.linalg.solve(chol, y - mean)
+    return float(
+        -0.5 * white @ white - np.log(np.diag(chol)).sum() - 0.5 * len(y) * math.log(2 * math.pi)
+    )
+
+
+def _conditioned(gm, evidence, means, covs) -> GaussianMixture:
+    log_w = np.log(np.asarray(gm.weights, np.float64)) + np.asarray(evidence)
+    weights = np.exp(log_w - log_w.max())
+    # Components with no posterior mass are dropped: below 1e-30 of the largest weight they are
+    # below float64 resolution, and in float32 their weight would underflow to 0 (log -> -inf).
+    keep = weights > 1e-30
+    return GaussianMixture.from_covariances(weights[keep], means[keep], covs[keep])
+
+
+def condition(gm: GaussianMixture, mask, values) -> GaussianMixture:
+    """``p(x_U | x_K = values_K)``: the exact conditional on the unknown coordinates.
+
+    ``mask`` (bool, ``(dim,)``) is True on the known coordinates K; ``values`` is ``(dim,)`` (its
+    entries off K are ignored) or ``(|K|,)``. The result lives on the ``dim - |K|`` unknown
+    coordinates, in their original order. Each component's known block must be non-singular.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (gm.dim,):
+        raise ValueError(
+            f"mask must be a bool array of shape ({gm.dim},), got {mask.dtype} {mask.shape}"
+        )
+    if mask.all() or not mask.any():
+        raise ValueError(f"mask must know some but not all of the {gm.dim} coordinates")
+    values = np.asarray(values, np.float64)
+    y = values[mask] if values.shape == (gm.dim,) else values
+    if y.shape != (int(mask.sum()),):
+        raise ValueError(
+            f"values must have shape ({gm.dim},) or ({int(mask.sum())},), got {values.shape}"
+        )
+    known, unknown = np.flatnonzero(mask), np.flatnonzero(~mask)
+    evidence, means, covs = [], [], []
+    for mu, cov in zip(np.asarray(gm.means, np.float64), _covariances(gm), strict=True):
+        c_kk = cov[np.ix_(known, known)]
+        c_uk = cov[np.ix_(unknown, known)]
+        gain = np.linalg.solve(c_kk, c_uk.T).T  # C_UK C_KK^-1
+        evidence.append(_log_gaussian(y, mu[known], c_kk))
+        means.append(mu[unknown] + gain @ (y - mu[known]))
+        covs.append(cov[np.ix_(unknown, unknown)] - gain @ c_uk.T)
+    return _conditioned(gm, evidence, np.stack(means), np.stack(covs))
+
+
+def linear_gaussian_posterior(gm: GaussianMixture, matrix, y, noise_std: float) -> GaussianMixture:
+    """``p(x | y)`` for the observation ``y = matrix @ x + noise_std * N(0, I)``: the exact
+    posterior over all ``dim`` coordinates (Kalman update of each component; weights times
+    ``N(y; A mu_k, A C_k A^T + s^2 I)``). ``noise_std`` must be > 0 unless ``A C_k A^T`` is
+    non-singular; ``noise_std -> 0`` with a selection matrix is ``condition``."""
+    a = np.asarray(matrix, np.float64)
+    y = np.asarray(y, np.float64)
+    if a.ndim != 2 or a.shape[1] != gm.dim or y.shape != (a.shape[0],):
+        raise ValueError(f"matrix must be (m, {gm.dim}) and y (m,), got {a.shape} and {y.shape}")
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std={noise_std!r} is not valid; valid: >= 0")
+    evidence, means, covs = [], [], []
+    for mu, cov in zip(np.asarray(gm.means, np.float64), _covariances(gm), strict=True):
+        innovation = a @ cov @ a.T + noise_std**2 * np.eye(a.shape[0])
+        gain = np.linalg.solve(innovation, a @ cov).T  # C A^T (A C A^T + s^2 I)^-1
+        evidence.append(_log_gaussian(y, a @ mu, innovation))
+        means.append(mu + gain @ (y - a @ mu))
+        post = cov - gain @ a @ cov
+        covs.append(0.5 * (post + post.T))
+    return _conditioned(gm, evidence, np.stack(means), np.stack(covs))

@@ -16,8 +16,10 @@ LAYERS = [
     ("convert", {"convert"}),
     ("model description", {"parameterization", "oracle"}),
     ("core dynamics", {"langevin", "losses", "likelihood"}),
+    ("likelihood bound", {"likelihood_bound"}),  # built on losses and likelihood's conventions
     ("samplers", {"samplers"}),
     ("networks and data", {"models", "data"}),
+    ("conditional sampling", {"conditional"}),
     ("training and measurement", {"training", "eval"}),
     ("config schema", {"config_schema"}),
     ("config layer", {"experiment"}),
@@ -95,6 +97,7 @@ def test_imports_point_down():
     ("from diffusion_lv.training import progress", "diffusion_lv.eval.nll"),  # sideways
     ("def f():\n    from diffusion_lv import main\n", "diffusion_lv.samplers.api"),  # upward
     ("from diffusion_lv.experiment import Experiment", "diffusion_lv.eval.toy"),  # upward
+    ("from diffusion_lv.eval import metrics", "diffusion_lv.conditional.api"),  # upward
 ])
 def test_the_check_catches_wrong_imports(source, this):
     assert violations(source, this)
