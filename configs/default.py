@@ -105,6 +105,10 @@ def get_config():
     config.eval.nll_num_probes = 1  # Hutchinson probes per example
     config.eval.nll_rtol = 1e-5  # adaptive solver tolerances
     config.eval.nll_atol = 1e-5
+    # How discrete data are scored (likelihood.py): "uniform" bins for data trained uniformly
+    # dequantised (data.dequantize=True), "centred" (DDPM's discretisation) for data trained on
+    # the grid values; "auto" picks the one that matches data.dequantize, the other is refused.
+    config.eval.nll_dequantization = "auto"
     config.eval.seed = 0
     # FID (image data only): the path of pytorch-fid's Inception weights,
     # pt_inception-2015-12-05-6726825d.pth from its GitHub releases (or an .npz of the same

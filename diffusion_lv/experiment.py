@@ -203,11 +203,25 @@ _LIKELIHOOD_KEYS = {"divergence": "nll_divergence", "num_probes": "nll_num_probe
                     "rtol": "nll_rtol", "atol": "nll_atol"}
 
 
+def _dequantization(config, image_data) -> str:
+    """Discrete data are scored by the convention that matches how they were trained ("auto");
+    naming the other one is refused (likelihood.matched_dequantization). Continuous data have
+    none: the key is only checked."""
+    requested = _get(config, "eval.nll_dequantization")
+    if image_data is None:
+        checks.choice("dequantization", requested, ("auto", *likelihood_lib.DEQUANTIZATIONS))
+        return "uniform"
+    return likelihood_lib.matched_dequantization(image_data.dequantize, requested)
+
+
 def _eval(config, ema_decays: tuple[float, ...], image_data) -> EvalConfig:
-    options = _section(config, "eval", drop=_LIKELIHOOD_KEYS.values())
+    options = _section(config, "eval", drop=(*_LIKELIHOOD_KEYS.values(), "nll_dequantization"))
+    dequantization = _wrap("eval", lambda: _dequantization(config, image_data),
+                           {"dequantization": "nll_dequantization"})
     likelihood = _wrap("eval", lambda: likelihood_lib.LikelihoodConfig(
         **{field: _get(config, f"eval.{key}") for field, key in _LIKELIHOOD_KEYS.items()},
         num_levels=None if image_data is None else image_data.info.num_levels,
+        dequantization=dequantization,
     ), _LIKELIHOOD_KEYS)
     evaluation = _build("eval", EvalConfig, options, likelihood=likelihood)
     if evaluation.ema_decay is not None and evaluation.ema_decay not in ema_decays:

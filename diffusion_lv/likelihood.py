@@ -33,10 +33,26 @@ estimate ``mean_k v_k^T (dD/dz) v_k`` with probes fixed along the trajectory (FF
 keeps the NLL estimate unbiased. The model must treat examples independently (no batch norm):
 one JVP with a probe broadcast over the batch gives every example's term at once.
 
-Discrete data (``num_levels``): uniform dequantisation. Data ``x = low + (high-low) k/(L-1)``
-with integer ``k`` (the usual ``pixel/127.5 - 1``) become ``low + (high-low) (k+u)/L``,
-``u ~ U[0,1)^d``, and ``-log2 P(k) <= -log2 p(x) + d log2(L/(high-low))``: for 256 levels in
-``[-1, 1]`` bits/dim is ``nll/(d ln 2) + 7``, the figure score_sde and VDM report.
+Discrete data (``num_levels = L``): data ``v_k = low + (high-low) k/(L-1)`` with integer ``k``
+(the usual ``pixel/127.5 - 1``) are scored by a bound on ``-log P(k)``,
+
+    -log P(k) <= E_q[ -log p_{t_min}(x') + log q(x' | k) - log P_dec(k | x') ],
+
+with a *dequantiser* ``q(x' | k)`` and a decoder ``P_dec`` back to the level; ``nll`` is the first
+term (a density at the dequantised point ``x'``), ``offset`` the other two, and bits/dim is
+``(nll + offset) / (d ln 2)``. Two conventions (``dequantization``), each the match of one way of
+training (:func:`matched_dequantization` picks it):
+
+* ``"uniform"``, for models trained on uniformly dequantised data (``(k + u) 2/L - 1``):
+  ``x' = low + (high-low) (k+u)/L``, bins of width ``w = (high-low)/L``, ``P_dec = 1``,
+  ``offset = -d log w``: for 256 levels in ``[-1, 1]`` bits/dim is ``nll/(d ln 2) + 7``, the figure
+  score_sde and VDM report.
+* ``"centred"``, for models trained on the grid values themselves: ``x'`` is the forward process
+  at ``t_min`` started from ``v_k`` (``alpha v_k + sigma eps``: exactly the model's training data at
+  ``t_min``), ``q`` its Gaussian density and ``P_dec`` DDPM's discretised decoder, the mass of
+  ``N(x'/alpha, sigma_ve^2)`` in the bin of width ``(high-low)/(L-1)`` centred on ``v_k`` (the end
+  bins open to infinity). A model sharpening towards its training data then scores better, down
+  to the data's entropy; under ``"uniform"`` its figure grows without limit (docs/likelihood.md).
 """
 
 from __future__ import annotations
@@ -50,9 +66,11 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import log_ndtr
 
 from diffusion_lv import checks
 from diffusion_lv.parameterization import Parameterization
+from diffusion_lv.schedules import Schedule
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array, Array], Array]  # (params, x, t) -> native prediction
@@ -60,6 +78,9 @@ ApplyFn = Callable[[Any, Array, Array], Array]  # (params, x, t) -> native predi
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 ERROR_NORMS = ("max", "rms")
+# How discrete data are scored (module docstring): "uniform" matches training on uniformly
+# dequantised data, "centred" training on the grid values.
+DEQUANTIZATIONS = ("uniform", "centred")
 # (solver, vector-field evaluations per step, evaluations before the first step). Both are
 # 7-stage pairs whose last stage is the next step's first (FSAL); the counts are checked in the
 # tests by counting the model's calls.
@@ -74,9 +95,11 @@ class LikelihoodConfig:
     ``error_norm="max"`` makes every example meet ``rtol``/``atol`` (the step size follows the
     hardest one); ``"rms"`` is the root mean square over the whole batch, as a host solver of the
     flattened state (scipy ``solve_ivp``) does: cheaper, but one example may exceed the tolerance.
-    ``num_levels=None`` means continuous data (no dequantisation, no offset). What the network
-    outputs, its schedule and ``sigma_data`` are the model's (``make_likelihood_fn``'s
-    :class:`Parameterization`), not settings of the solver.
+    ``num_levels=None`` means continuous data (no dequantisation, no offset);
+    ``dequantization`` is how discrete data are scored (``"uniform"`` or ``"centred"``: the
+    module docstring; :func:`matched_dequantization` picks the one that matches the training
+    data). What the network outputs, its schedule and ``sigma_data`` are the model's
+    (``make_likelihood_fn``'s :class:`Parameterization`), not settings of the solver.
     """
 
     divergence: str = "exact"
@@ -89,6 +112,7 @@ class LikelihoodConfig:
     max_steps: int = 4096
     num_levels: int | None = None
     data_range: tuple[float, float] = (-1.0, 1.0)
+    dequantization: str = "uniform"
 
     def __post_init__(self):
         checks.choice("divergence", self.divergence, DIVERGENCES)
@@ -99,23 +123,110 @@ class LikelihoodConfig:
         checks.number("atol", self.atol, lo=0.0, lo_open=True)
         checks.choice("error_norm", self.error_norm, ERROR_NORMS)
         checks.number("max_steps", self.max_steps, lo=1, integer=True)
-        checks.number("num_levels", self.num_levels, lo=2, integer=True, optional=True)
-        low, high = self.data_range
-        if not low < high:
-            raise ValueError(
-                f"data_range={self.data_range!r} is not valid; valid: (low, high) with low < high"
-            )
+        check_discretisation(self.num_levels, self.data_range, self.dequantization)
+
+
+def check_discretisation(num_levels, data_range, dequantization) -> None:
+    """The discrete-data settings shared by the ODE NLL and the bound (likelihood_bound.py)."""
+    checks.number("num_levels", num_levels, lo=2, integer=True, optional=True)
+    checks.choice("dequantization", dequantization, DEQUANTIZATIONS)
+    low, high = data_range
+    if not low < high:
+        raise ValueError(
+            f"data_range={data_range!r} is not valid; valid: (low, high) with low < high"
+        )
 
 
 class LikelihoodResult(NamedTuple):
     nll: Array  # (B,) nats: -log p_{t_min}(x) at the (dequantised) point
-    bits_per_dim: Array  # (B,) nll / (d ln 2), plus log2(L / (high - low)) for discrete data
+    bits_per_dim: Array  # (B,) (nll + offset) / (d ln 2)
     prior_log_prob: Array  # (B,) log prior(latent)
     delta_log_prob: Array  # (B,) log p_{t_min}(x) - log p_{t_max}(latent) along the ODE
     latent: Array  # (B, ...) the ODE's end state x_T in the schedule's coordinates
     nfe: Array  # () vector-field evaluations of the adaptive solver (shared by the batch)
     num_steps: Array  # () solver steps, accepted and rejected
     solved: Array  # () False if max_steps ran out; nll and bits_per_dim are then NaN
+    # (B,) nats, log q(x'|k) - log P_dec(k|x') of discrete data (module docstring); 0 if continuous
+    offset: Array | None = None
+
+
+def matched_dequantization(trained_dequantized: bool, requested: str = "auto") -> str:
+    """The convention that scores a model by the data it was trained on.
+
+    ``trained_dequantized``: whether training saw uniformly dequantised data (``(k + u) 2/L - 1``)
+    rather than the grid values. ``requested="auto"`` returns ``"uniform"`` or ``"centred"``
+    accordingly; naming the other one is refused: a model trained on the grid approaches point
+    masses, which uniform bins score ever worse as it improves, and a model trained on uniform
+    bins is not centred on the levels.
+    """
+    matched = "uniform" if trained_dequantized else "centred"
+    checks.choice("dequantization", requested, ("auto", *DEQUANTIZATIONS))
+    if requested not in ("auto", matched):
+        how = "uniformly dequantised data" if trained_dequantized else "the grid values"
+        raise ValueError(
+            f"dequantization={requested!r} does not match the training data ({how}): a better "
+            f"model could score worse; valid choices: ['auto', {matched!r}]"
+        )
+    return matched
+
+
+def bin_width(num_levels: int, data_range=(-1.0, 1.0), dequantization: str = "uniform") -> float:
+    """Width of one level's bin: ``(high-low)/L`` (uniform) or ``(high-low)/(L-1)`` (centred)."""
+    low, high = data_range
+    return (high - low) / (num_levels if dequantization == "uniform" else num_levels - 1)
+
+
+def levels_of(x: Array, num_levels: int, data_range=(-1.0, 1.0)) -> Array:
+    """The integer level ``k`` (as floats) nearest to each value of ``x`` on the grid."""
+    low, high = data_range
+    k = jnp.round((x - low) / (high - low) * (num_levels - 1))
+    return jnp.clip(k, 0, num_levels - 1)
+
+
+def _log_mass_between(a: Array, b: Array) -> Array:
+    """``log(Phi(b) - Phi(a))`` for ``a < b`` (infinite ends allowed), accurate in both tails."""
+    flip = (a + b) > 0  # mostly in the upper tail: use Phi(-a) - Phi(-b)
+    lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
+    return log_hi + jnp.log1p(-jnp.exp(jnp.minimum(log_lo - log_hi, 0.0)))
+
+
+def centred_bin_log_prob(y: Array, k: Array, sigma: Array, num_levels: int,
+                         data_range=(-1.0, 1.0)) -> Array:
+    """DDPM's discretised decoder: ``log P(k | y)``, the mass of ``N(y, sigma^2)`` in the bin
+    of width ``(high-low)/(L-1)`` centred on level ``k`` (the end bins open to infinity), summed
+    over all but the leading axis. ``y`` is in data units; ``sigma`` a scalar or ``(batch,)``."""
+    low, high = data_range
+    half = 0.5 * bin_width(num_levels, data_range, "centred")
+    centre = low + (high - low) * k / (num_levels - 1)
+    lower = jnp.where(k <= 0, -jnp.inf, centre - half)
+    upper = jnp.where(k >= num_levels - 1, jnp.inf, centre + half)
+    sigma = jnp.reshape(jnp.asarray(sigma, y.dtype), (-1,) + (1,) * (y.ndim - 1))
+    per_dim = _log_mass_between((lower - y) / sigma, (upper - y) / sigma)
+    return jnp.sum(jnp.reshape(per_dim, (y.shape[0], -1)), axis=-1)
+
+
+def discretise(key: Array, x: Array, config: LikelihoodConfig,
+               schedule: Schedule) -> tuple[Array, Array]:
+    """``(x', offset)`` for discrete data ``x``: the dequantised state at ``t_min`` (schedule
+    coordinates) and ``log q(x'|k) - log P_dec(k|x')`` per example (module docstring)."""
+    levels, data_range = config.num_levels, config.data_range
+    dim = math.prod(x.shape[1:])
+    if config.dequantization == "uniform":
+        width = bin_width(levels, data_range, "uniform")
+        offset = jnp.full((x.shape[0],), -dim * math.log(width), x.dtype)
+        return dequantize(key, x, levels, data_range), offset
+    k = levels_of(x, levels, data_range)
+    low, high = data_range
+    grid = low + (high - low) * k / (levels - 1)
+    t_min = jnp.asarray(schedule.t_min, x.dtype)
+    alpha, sigma = schedule.alpha(t_min), schedule.sigma(t_min)
+    eps = jax.random.normal(key, x.shape, x.dtype)
+    x_min = alpha * grid + sigma * eps
+    log_q = -0.5 * jnp.sum(jnp.reshape(jnp.square(eps), (x.shape[0], -1)), axis=-1) - dim * (
+        jnp.log(sigma) + 0.5 * math.log(2 * math.pi))
+    log_decoder = centred_bin_log_prob(x_min / alpha, k, sigma / alpha, levels, data_range)
+    return x_min, log_q - log_decoder
 
 
 def dequantize(key: Array, x: Array, num_levels: int, data_range=(-1.0, 1.0)) -> Array:
@@ -239,9 +350,10 @@ def make_likelihood_fn(
                 "a PRNG key is needed for Hutchinson probes or dequantisation, got key=None"
             )
         batch, dim = x.shape[0], math.prod(x.shape[1:])
+        offset = jnp.zeros((batch,), x.dtype)
         if config.num_levels is not None:
             key, deq_key = jax.random.split(key)
-            x = dequantize(deq_key, x, config.num_levels, config.data_range)
+            x, offset = discretise(deq_key, x, config, schedule)
         probes = None
         if config.divergence == "hutchinson":
             probes = _draw_probes(key, config, x.shape, x.dtype)
@@ -283,13 +395,14 @@ def make_likelihood_fn(
         num_steps = solution.stats["num_steps"]
         return LikelihoodResult(
             nll=nll,
-            bits_per_dim=bits_per_dim(nll, dim, config.num_levels, config.data_range),
+            bits_per_dim=(nll + offset) / (dim * math.log(2.0)),
             prior_log_prob=prior,
             delta_log_prob=delta,
             latent=latent,
             nfe=evals_at_start + evals_per_step * num_steps,
             num_steps=num_steps,
             solved=solved,
+            offset=offset,
         )
 
     jitted = jax.jit(log_likelihood)
