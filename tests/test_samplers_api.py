@@ -22,11 +22,16 @@ from diffusion_lv.samplers import (
     sample,
     sample_ddim,
     sample_ddpm,
+    sample_deis,
     sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
     sample_euler,
     sample_exponential_multistep,
     sample_heun,
+    sample_ipndm,
+    sample_lms,
     sample_pc,
+    sample_unipc,
 )
 from diffusion_lv.samplers.ddim import ddim_step
 from diffusion_lv.schedules import VP, CosineVP, RectifiedFlow, VEKarras
@@ -53,6 +58,17 @@ BAD_CONFIGS = [  # (settings, the key its message starts with)
     (dict(name="smld", langevin_steps=0), "langevin_steps"),
     (dict(name="smld", langevin_step_size=-0.1), "langevin_step_size"),
     (dict(name="smld", trajectory=True), "trajectory"),
+    (dict(name="unipc", order=4), "order"), (dict(name="unipc", variant="bh3"), "variant"),
+    (dict(name="unipc", order_limit="none"), "order_limit"), (dict(name="lms", order=5), "order"),
+    (dict(name="lms", order=2.0), "order"), (dict(name="deis", step_schedule="nope"),
+                                             "step_schedule"),
+    (dict(name="ipndm", order=0), "order"), (dict(name="dpmpp_2m_sde", solver_type="rk4"),
+                                             "solver_type"),
+    (dict(name="dpmpp_3m", order_limit=True), "order_limit"), (dict(grid="fitted"), "grid"),
+    (dict(grid="karras", fitted_sigmas=(80.0, 0.1)), "fitted_sigmas"),
+    (dict(grid="optimized", nfe=3, fitted_sigmas=(80.0, 0.1)), "fitted_sigmas"),
+    (dict(grid="optimized", nfe=3, fitted_sigmas=(1.0, 2.0, 0.1)), "fitted_sigmas"),
+    (dict(grid="optimized", nfe=3, fitted_sigmas=(80.0, -1.0, -2.0)), "fitted_sigmas"),
 ]
 
 
@@ -114,8 +130,11 @@ def test_config_keys_are_the_common_fields_and_every_option():
     assert set(CONFIG_KEYS) == set(COMMON_FIELDS) | options
     assert len(CONFIG_KEYS) == len(set(CONFIG_KEYS))
     assert set(COMMON_FIELDS) == {f.name for f in dataclasses.fields(SamplerConfig)} - {"options"}
-    assert SamplerConfig(name="dpmpp_2m_sde").resolved_options == {"c": 2.0}  # its own default
-    assert SamplerConfig(name="dpmpp_3m").resolved_options == {"c": 1.0}
+    assert SamplerConfig(name="dpmpp_2m_sde").resolved_options == {  # its own default c
+        "c": 2.0, "solver_type": "midpoint", "order_limit": "auto"}
+    assert SamplerConfig(name="dpmpp_3m").resolved_options == {"c": 1.0, "order_limit": "auto"}
+    assert SamplerConfig(name="deis").resolved_options == {
+        "order": 3, "step_schedule": "vp", "order_limit": "auto"}
 
 
 def test_equal_configs_are_equal_and_hash_equal():
@@ -206,6 +225,11 @@ def _counting(denoiser, count):
         ("dpmpp_3m", 5, dict(final_denoise=False), 5),
         ("pc", 9, dict(corrector_steps=2), 7),  # 2 steps x (1 + 2) + final denoise
         ("smld", 11, dict(langevin_steps=3), 10),  # 3 levels x 3 + final denoise
+        ("unipc", 6, {}, 6),  # the corrector reuses the next step's evaluation
+        ("lms", 5, {}, 5),
+        ("deis", 6, {}, 6),
+        ("ipndm", 4, dict(final_denoise=False), 4),
+        ("dpmpp_2m_sde", 5, {}, 5),
     ],
 )
 def test_info_nfe_is_the_exact_number_of_model_calls(name, nfe, kwargs, expected):
@@ -245,7 +269,9 @@ def _zero_model(x, t):
     return jnp.zeros_like(x)
 
 
-@pytest.mark.parametrize("name", ["euler", "ddim", "heun", "dpmpp_2m", "dpmpp_3m"])
+@pytest.mark.parametrize(
+    "name", ["euler", "ddim", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "lms", "deis", "ipndm"]
+)
 def test_budgets_share_the_initial_noise(name, x64):
     # With D = 0 the PF-ODE is z_sigma = z_T sigma / sigma_T, which every one of these solvers
     # integrates exactly: the output exposes x_T, which must not depend on the budget.
@@ -286,6 +312,11 @@ def test_settings_without_noise_draw_no_random_numbers():
         lambda: sample_ddim(d, z, None, s, eta=0.0),
         lambda: sample_dpmpp_2m(d, z, None, s),
         lambda: sample_exponential_multistep(d, z, None, s, order=3, c=1.0),
+        lambda: sample_dpmpp_2m_sde(d, z, None, s, c=1.0),
+        lambda: sample_unipc(d, z, None, s),
+        lambda: sample_lms(d, z, None, s),
+        lambda: sample_deis(d, z, None, s),
+        lambda: sample_ipndm(d, z, None, s),
     ):
         assert np.all(np.isfinite(jax.jit(lambda run=run: run()[0])()))
 
@@ -328,7 +359,7 @@ def test_sample_inside_an_outer_jit_with_traced_parameters():
     np.testing.assert_allclose(x, closed_over, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["heun", "dpmpp_3m", "ode"])
+@pytest.mark.parametrize("name", ["heun", "dpmpp_3m", "unipc", "lms", "ode"])
 def test_trajectory_only_when_asked(name):
     gm = ring()
     model = Parameterization(VP(), "eps")

@@ -33,23 +33,38 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_lv import checks
 from diffusion_lv.parameterization import Parameterization
-from diffusion_lv.samplers import base, ddim, euler, grids, heun, multistep, ode, pc, smld
+from diffusion_lv.samplers import (
+    adams,
+    base,
+    ddim,
+    euler,
+    grids,
+    heun,
+    multistep,
+    ode,
+    pc,
+    smld,
+    unipc,
+)
 from diffusion_lv.schedules import Schedule
 
 Array = jax.Array
 
+FITTED_GRID = "optimized"  # grid=: the levels in fitted_sigmas (fitted_grid.py)
 COMMON_FIELDS = (
     "name", "nfe", "grid", "sigma_min", "sigma_max", "rho", "final_denoise", "grid_schedule",
-    "trajectory",
+    "fitted_sigmas", "trajectory",
 )
 
 
@@ -60,7 +75,10 @@ class SamplerSpec:
     ``options`` (name -> default, read-only) are the family's keyword-only parameters except
     ``trajectory`` (a common field) and those the sampler sets itself (``fixed``,
     ``fixed_by_budget``); ``defaults`` replaces a family default. ``check(**options)`` validates
-    them (the family function runs the same check).
+    them (the family function runs the same check). ``plan(levels, xp, **options)`` (the
+    resolved options; ``fixed`` is the plan's own business), for the
+    deterministic linear multistep samplers, is the ``multistep.Plan`` the family scans, from
+    levels that may be traced (grid fitting differentiates through it).
     """
 
     family: Callable  # (denoiser, z, key, sigmas, *, options..., trajectory) -> (z, info)
@@ -71,6 +89,7 @@ class SamplerSpec:
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fixed_by_budget: Mapping[str, Callable[[int], Any]] = dataclasses.field(default_factory=dict)
     min_levels: int = 2  # a step needs two levels; SMLD can run at a single level
+    plan: Callable | None = None
     options: Mapping[str, Any] = dataclasses.field(init=False)
 
     def __post_init__(self):
@@ -114,9 +133,15 @@ def _is_odd(budget):
     return budget % 2 == 1
 
 
+def _plan(function, **fixed):
+    """A spec's ``plan``: ``function(levels, xp, **fixed, **options)``."""
+    return lambda levels, xp, **options: function(levels, xp, **fixed, **options)
+
+
 SAMPLERS: dict[str, SamplerSpec] = {
     "euler": SamplerSpec(
         euler.sample_euler, _one_level_per_eval, check=euler.check_euler,
+        plan=_plan(euler.euler_plan),
         description="Euler(-Maruyama) on the reverse split with rate c, in step_schedule's "
         "coordinates (c=1 PF-ODE, c=2 reverse SDE, c>2 Langevin churn)",
     ),
@@ -135,25 +160,51 @@ SAMPLERS: dict[str, SamplerSpec] = {
         description="DDPM ancestral sampling (DDIM, eta = 1)",
     ),
     "dpmpp_2m": SamplerSpec(
-        multistep.sample_dpmpp_2m, _one_level_per_eval,
-        description="DPM-Solver++(2M) exactly as published (the usual baseline)",
+        multistep.sample_dpmpp_2m, _one_level_per_eval, check=multistep.check_order_limit,
+        plan=_plan(multistep.dpmpp_2m_plan, c=1.0, solver_type="midpoint"),
+        description="DPM-Solver++(2M) as published (order_limit='history': verbatim)",
     ),
     "dpmpp_3m": SamplerSpec(
-        multistep.sample_exponential_multistep, _one_level_per_eval, check=base.check_rate,
-        fixed={"order": 3},
+        multistep.sample_exponential_multistep, _one_level_per_eval,
+        check=multistep.check_rate_and_limit, fixed={"order": 3},
+        plan=_plan(multistep.exponential_plan, order=3),
         description="third-order exponential multistep in log-SNR (DPM-Solver++(3M), "
         "derived); c > 1: its SDE variant",
     ),
     "dpmpp_2m_sde": SamplerSpec(
-        multistep.sample_exponential_multistep, _one_level_per_eval, check=base.check_rate,
-        fixed={"order": 2}, defaults={"c": 2.0},
-        description="second-order exponential multistep on the reverse split with rate c "
-        "(default 2: reverse SDE), exact in the linear part",
+        multistep.sample_dpmpp_2m_sde, _one_level_per_eval, check=multistep.check_dpmpp_2m,
+        plan=_plan(multistep.dpmpp_2m_plan),
+        description="DPM-Solver++(2M) on the reverse split with rate c (default 2: reverse "
+        "SDE), exact in the linear part; solver_type midpoint (k-diffusion's default) or heun",
     ),
     "dpmpp_3m_sde": SamplerSpec(
-        multistep.sample_exponential_multistep, _one_level_per_eval, check=base.check_rate,
-        fixed={"order": 3}, defaults={"c": 2.0},
+        multistep.sample_exponential_multistep, _one_level_per_eval,
+        check=multistep.check_rate_and_limit, fixed={"order": 3}, defaults={"c": 2.0},
+        plan=_plan(multistep.exponential_plan, order=3),
         description="third-order exponential multistep on the split with rate c (default 2)",
+    ),
+    "unipc": SamplerSpec(
+        unipc.sample_unipc, _one_level_per_eval, check=unipc.check_unipc,
+        plan=_plan(unipc.unipc_plan),
+        description="UniPC: UniP predictor + UniC corrector in log-SNR, data prediction, "
+        "B(h) variant bh1/bh2, orders 1-3 (the corrector reuses the next step's evaluation)",
+    ),
+    "lms": SamplerSpec(
+        adams.sample_lms, _one_level_per_eval, check=adams.check_lms,
+        plan=_plan(adams.adams_plan),
+        description="linear multistep (Adams) on eps in sigma, orders 1-4 (k-diffusion's LMS)",
+    ),
+    "deis": SamplerSpec(
+        adams.sample_deis, _one_level_per_eval, check=adams.check_adams,
+        plan=_plan(adams.adams_plan),
+        description="DEIS (tAB): eps extrapolated in step_schedule's time (default VP), "
+        "integrated exactly in sigma, orders 1-4",
+    ),
+    "ipndm": SamplerSpec(
+        adams.sample_ipndm, _one_level_per_eval, check=adams.check_lms,
+        plan=_plan(adams.adams_plan, equal_steps=True),
+        description="iPNDM: equal-step Adams-Bashforth weights on eps, steps in sigma, "
+        "orders 1-4",
     ),
     "pc": SamplerSpec(
         pc.sample_pc, _pc_levels, check=pc.check_pc,
@@ -197,6 +248,7 @@ class SamplerConfig:
     rho: float = 7.0
     final_denoise: bool = True
     grid_schedule: str | Schedule | None = None  # grid="uniform_t": whose time (None: model's)
+    fitted_sigmas: tuple[float, ...] | None = None  # grid="optimized": the fitted levels
     trajectory: bool = False  # info["trajectory"]: z after every step
     options: tuple[tuple[str, Any], ...] = ()
 
@@ -206,6 +258,8 @@ class SamplerConfig:
             if field.name != "options":
                 object.__setattr__(self, field.name, settings.pop(field.name, field.default))
         options.update(settings)
+        if isinstance(self.fitted_sigmas, list | np.ndarray):  # from a config file / NumPy
+            object.__setattr__(self, "fitted_sigmas", tuple(float(s) for s in self.fitted_sigmas))
         self._check_common_fields()
         object.__setattr__(self, "options", self._set_options(options))
         if self.spec.check is not None:
@@ -215,11 +269,30 @@ class SamplerConfig:
                 f"trajectory=True is not valid for sampler {self.name!r}: it keeps no trajectory"
             )
         _ = self.num_levels  # raises if the budget buys no step
+        self._check_fitted_sigmas()
+
+    def _check_fitted_sigmas(self) -> None:
+        fitted = self.fitted_sigmas
+        if fitted is None:
+            return
+        if self.grid != FITTED_GRID:
+            raise ValueError(
+                f"fitted_sigmas={fitted!r} is read by grid={FITTED_GRID!r} only, not "
+                f"grid={self.grid!r}"
+            )
+        levels = np.asarray(fitted, np.float64) if isinstance(fitted, tuple) else None
+        valid = (levels is not None and levels.ndim == 1 and np.all(np.isfinite(levels))
+                 and np.all(levels > 0) and np.all(np.diff(levels) < 0))
+        if not valid or levels.shape[0] != self.num_levels:
+            raise ValueError(
+                f"fitted_sigmas={fitted!r} is not valid; valid: a tuple of {self.num_levels} "
+                f"strictly decreasing positive levels (nfe={self.nfe} of sampler {self.name!r})"
+            )
 
     def _check_common_fields(self) -> None:
         checks.choice("name", self.name, SAMPLERS)
         checks.number("nfe", self.nfe, lo=1, integer=True)
-        grids.check_grid_name(self.grid)
+        checks.choice("grid", self.grid, (*grids.GRIDS, FITTED_GRID))
         for key in ("sigma_min", "sigma_max"):
             checks.number(key, getattr(self, key), lo=0.0, lo_open=True, optional=True)
         checks.number("rho", self.rho, lo=0.0, lo_open=True)
@@ -297,11 +370,30 @@ class SamplerConfig:
     def sigmas(self, schedule: Schedule):
         """The concrete grid (NumPy) for a model in ``schedule``, trailing 0 if final denoise."""
         sigma_min, sigma_max = self.sigma_range(schedule)
+        if self.grid == FITTED_GRID:
+            return self._fitted_levels(sigma_min, sigma_max)
         grid_schedule = base.resolve_schedule(self.grid_schedule, "grid_schedule") or schedule
         return grids.get_sigmas(
             self.grid, self.num_levels, sigma_min, sigma_max, self.rho, grid_schedule,
             with_final_zero=self.final_denoise,
         )
+
+    def _fitted_levels(self, sigma_min: float, sigma_max: float) -> np.ndarray:
+        if self.fitted_sigmas is None:
+            raise ValueError(
+                f"grid={FITTED_GRID!r} needs fitted_sigmas: fit a grid for this model with "
+                "samplers.fit_grid, or load one with samplers.with_fitted(cfg, path)"
+            )
+        levels = np.asarray(self.fitted_sigmas, np.float64)
+        for end, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
+            fitted = levels[0] if end == "sigma_max" else levels[-1]
+            if not math.isclose(fitted, value, rel_tol=1e-6):
+                raise ValueError(
+                    f"fitted_sigmas runs to {end}={fitted!r} but the sampler's {end} is "
+                    f"{value!r}: fit the grid for this noise range"
+                )
+        levels[0], levels[-1] = sigma_max, sigma_min
+        return np.append(levels, 0.0) if self.final_denoise else levels
 
     def run(self, denoiser: base.Denoiser, z: Array, key: Array, sigmas) -> tuple[Array, dict]:
         """The sampler's family function on a grid, with this configuration's options."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_lv.langevin import is_one, reverse_drift_from_denoiser
 from diffusion_lv.samplers.base import (
@@ -24,6 +25,7 @@ from diffusion_lv.samplers.base import (
     resolve_schedule,
     run_one_step_sampler,
 )
+from diffusion_lv.samplers.multistep import Plan
 from diffusion_lv.schedules import Schedule, VEKarras, expand_to
 
 Array = jax.Array
@@ -78,3 +80,17 @@ def sample_euler(
         return split_euler_step(denoiser, z, sigma, sigma_next, key, c, schedule)
 
     return run_one_step_sampler(step, denoiser, z, key, sigmas, trajectory=trajectory)
+
+
+def euler_plan(levels, xp=np, *, c: float = 1.0, step_schedule=None) -> Plan:
+    """Euler on the PF-ODE in VE coordinates as a one-step ``multistep.Plan``
+    (``z' = z + (sigma' - sigma) eps``), for grid fitting; other settings have none."""
+    schedule = resolve_schedule(step_schedule)
+    if not is_one(c) or not (schedule is None or schedule.name == "ve"):
+        raise ValueError(
+            f"c={c!r}, step_schedule={step_schedule!r}: only deterministic Euler in VE "
+            "coordinates (c=1, step_schedule None or 've') is a linear plan"
+        )
+    dsigma = levels[1:] - levels[:-1]
+    zeros = xp.zeros_like(dsigma)
+    return Plan(xp.stack([xp.ones_like(dsigma), dsigma, zeros, zeros, zeros], axis=1), "eps", 1)

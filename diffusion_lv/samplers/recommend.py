@@ -1,0 +1,39 @@
+"""The measured choice of sampler and grid for a budget (docs/samplers.md, "Which sampler").
+
+``recommended(nfe)``: UniPC (order 3, data prediction, UniC corrector) over the model
+schedule's whole noise range, so the last step always reaches the data end (``sigma_min`` of the
+schedule, then the final denoise): no budget buys its error by stopping early. The B(h) variant
+and the grid follow the budget:
+
+* ``fitted=True``: ``grid="optimized"``, a grid fitted to the model for this sampler and budget
+  (``fit_grid``, stored with ``save_fitted``, applied with ``with_fitted``); ``bh1`` below 10
+  NFE, ``bh2`` from 10;
+* ``fitted=False``: the log-SNR grid; ``bh1`` up to 10 NFE, ``bh2`` above.
+
+The thresholds and the choice itself were measured on three benchmark problems and reported on
+three others (scripts/bench_samplers.py).
+"""
+
+from __future__ import annotations
+
+from diffusion_lv import checks
+from diffusion_lv.samplers.api import FITTED_GRID, SamplerConfig
+
+BH1_BELOW_FITTED = 10  # fitted grids: bh1 for nfe < 10
+BH1_UP_TO_FIXED = 10  # the log-SNR grid: bh1 for nfe <= 10
+
+
+def recommended(nfe: int, fitted: bool = False, **settings) -> SamplerConfig:
+    """The recommended ``SamplerConfig`` for ``nfe`` model evaluations (module docstring).
+
+    ``settings`` are passed on (e.g. ``final_denoise``, ``trajectory``, ``fitted_sigmas``); with
+    ``fitted=True`` the grid must still be fitted (or loaded) before sampling.
+    """
+    checks.number("nfe", nfe, lo=2, integer=True)
+    if fitted:
+        variant = "bh1" if nfe < BH1_BELOW_FITTED else "bh2"
+        grid = FITTED_GRID
+    else:
+        variant = "bh1" if nfe <= BH1_UP_TO_FIXED else "bh2"
+        grid = "log_snr"
+    return SamplerConfig(name="unipc", nfe=nfe, grid=grid, order=3, variant=variant, **settings)
