@@ -109,6 +109,13 @@ def get_config():
     # dequantised (data.dequantize=True), "centred" (DDPM's discretisation) for data trained on
     # the grid values; "auto" picks the one that matches data.dequantize, the other is refused.
     config.eval.nll_dequantization = "auto"
+    # The reverse-SDE model's variational bound on the same examples (likelihood_bound.py):
+    # time draws per example; 0: off. Reported beside the ODE NLL as nll_bound_bpd.
+    config.eval.nll_bound_times = 64
+    # J(theta) - J* (bits/dim, total and by noise band), the ML objective's excess over its
+    # minimum, on this many fresh draws where the data have an exact denoiser (ring8); also in
+    # TensorBoard every training.sample_every steps. 0: off.
+    config.eval.excess_examples = 1024
     config.eval.seed = 0
     # FID (image data only): the path of pytorch-fid's Inception weights,
     # pt_inception-2015-12-05-6726825d.pth from its GitHub releases (or an .npz of the same

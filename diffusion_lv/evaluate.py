@@ -7,7 +7,9 @@ module only strings the steps together:
 * ``restore_checkpoint``: the train state of a run directory (the latest or a chosen step);
 * ``make_sampler``: one jitted ``(params, key) -> (samples, nfe)`` per model, sampler and shape;
 * ``write_samples`` / ``write_metrics``: ``samples.npy``, pictures and ``metrics.json``;
-* ``held_out_nll``: the probability-flow NLL of held-out data (eval/nll.py);
+* ``held_out_nll``: the probability-flow NLL of held-out data and the reverse-SDE model's
+  bound on it (eval/nll.py);
+* ``objective_excess``: ``J(theta) - J*``, where the data have an exact denoiser;
 * ``periodic_sampler``: the every-``sample_every``-steps pictures during training;
 * ``output_folder`` / ``record_eval``: where ``eval``/``sample`` write (their own folder per
   step, sampler, NFE and params, never over training's record) and the history of every
@@ -26,8 +28,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from diffusion_lv import distributed, progress, samplers, training
-from diffusion_lv.eval.nll import evaluate_nll, finite_or_none
+from diffusion_lv import distributed, likelihood_bound, progress, samplers, training
+from diffusion_lv.eval.nll import evaluate_nll, evaluate_nll_bound, finite_or_none
 from diffusion_lv.experiment import Experiment
 from diffusion_lv.parameterization import Parameterization, bind
 from diffusion_lv.training import state as state_lib
@@ -166,9 +168,14 @@ def write_metrics(experiment: Experiment, state, workdir: str, extra: dict | Non
     with progress.phase("measured the samples", enabled=distributed.is_main_process()):
         result.update(experiment.evaluator.quality(samples, key, workdir))
     if experiment.eval.nll_examples > 0:
-        with progress.phase(f"NLL of {experiment.eval.nll_examples} held-out examples",
+        with progress.phase(f"NLL (and its bound) of {experiment.eval.nll_examples} held-out "
+                            "examples",
                             enabled=distributed.is_main_process()):
             result.update(held_out_nll(experiment, state))
+    excess = objective_excess(experiment)
+    if excess is not None:
+        with progress.phase("measured J - J*", enabled=distributed.is_main_process()):
+            result.update(excess(experiment.eval_params(state)))
     result["eval_seconds"] = round(time.perf_counter() - start, 2)
     result.update(extra or {})
     if distributed.is_main_process():
@@ -203,10 +210,54 @@ def held_out_nll(experiment: Experiment, state) -> dict:
         "nll_nfe_per_solve": finite_or_none(figures["nfe"]),
         "nll_unsolved_batches": int(figures["unsolved_batches"]),
     }
+    if experiment.eval.nll_bound_times:
+        bound = evaluate_nll_bound(
+            experiment.network.apply, experiment.eval_params(state), experiment.parameterization,
+            data,
+            likelihood_bound.BoundConfig.like(config, num_times=experiment.eval.nll_bound_times),
+            experiment.eval.nll_batch_size, jax.random.PRNGKey(experiment.eval.seed + 4),
+        )
+        result.update({
+            "nll_bound_bpd": finite_or_none(bound["bits_per_dim"]),
+            "nll_bound_bpd_standard_error": finite_or_none(bound["bits_per_dim_standard_error"]),
+            "nll_bound_nats": finite_or_none(bound["nll"]),
+            "nll_bound_nats_standard_error": finite_or_none(bound["nll_standard_error"]),
+            "nll_bound_time_draws": experiment.eval.nll_bound_times,
+        })
     exact = experiment.evaluator.true_nll(data, experiment.schedule)
     if exact is not None:
         result["nll_bpd_true_density"] = exact
     return result
+
+
+def objective_excess(experiment: Experiment) -> Callable[[object], dict] | None:
+    """``measure(params) -> {"objective_excess_bpd": ..., its standard error, one
+    "objective_excess_bpd_sigma_<band>" per sigma_ve band}``: ``J(theta) - J*`` in bits/dim
+    on ``eval.excess_examples`` fresh draws of the data's exact mixture, always the same draws
+    and times (a curve over training compares like with like). None where the data have no
+    exact denoiser or the metric is off."""
+    mixture = experiment.evaluator.mixture
+    if mixture is None or not experiment.eval.excess_examples:
+        return None
+    model = experiment.parameterization
+    config = likelihood_bound.BoundConfig(num_times=experiment.eval.nll_bound_times or 64)
+    fn = likelihood_bound.make_excess_fn(model.model_apply(experiment.network.apply), model,
+                                         config)
+    key = jax.random.PRNGKey(experiment.eval.seed + 5)
+    x0 = mixture.sample(jax.random.fold_in(key, 0), experiment.eval.excess_examples)
+    x0 = x0.astype(np.float32)
+
+    def measure(params) -> dict:
+        result = fn(params, x0, jax.random.fold_in(key, 1), mixture)
+        figures = likelihood_bound.excess_bits_per_dim(result, int(np.prod(x0.shape[1:])))
+        out = {"objective_excess_bpd": figures.pop("excess"),
+               "objective_excess_bpd_standard_error": figures.pop("excess_standard_error")}
+        # the rest are the bands, "excess_below_0.1" ... "excess_above_10"
+        out.update({f"objective_excess_bpd_sigma_{name.removeprefix('excess_')}": value
+                    for name, value in figures.items()})
+        return out
+
+    return measure
 
 
 def output_folder(experiment: Experiment, workdir: str, step: int) -> str:
@@ -252,8 +303,15 @@ def nll_summary(metrics: dict) -> str:
         f"(standard error) on {metrics['nll_examples']} held-out examples of "
         f"{metrics['nll_data']}"
     )
+    if metrics.get("nll_bound_bpd") is not None:
+        line += (f"; the reverse-SDE model's bound: {metrics['nll_bound_bpd']:.4f} +- "
+                 f"{metrics['nll_bound_bpd_standard_error']:.4f}")
     if "nll_bpd_true_density" in metrics:
         line += f"; the true density: {metrics['nll_bpd_true_density']:.4f}"
+    if metrics.get("objective_excess_bpd") is not None:
+        line += (f"\nJ - J* (the ML objective's excess over its minimum) "
+                 f"{metrics['objective_excess_bpd']:.4f} +- "
+                 f"{metrics['objective_excess_bpd_standard_error']:.4f} bits/dim")
     return line
 
 
@@ -261,13 +319,18 @@ def periodic_sampler(experiment: Experiment, workdir: str):
     """``on_sample(state, tensorboard)``: pictures of EMA samples every ``sample_every`` steps."""
     folder = os.path.join(workdir, "samples")
     sampler, key = sampler_and_key(experiment, min(PERIODIC_SAMPLES, experiment.eval.num_samples))
+    excess = objective_excess(experiment)
 
     def on_sample(state, tensorboard):
         if not distributed.is_main_process():
             return
         os.makedirs(folder, exist_ok=True)
         # Host copies: a local program on process 0, not one over the global mesh.
-        samples, nfe = sampler(distributed.to_host(experiment.eval_params(state)), key)
+        params = distributed.to_host(experiment.eval_params(state))
+        samples, nfe = sampler(params, key)
+        if excess is not None:  # the quantity the objective is about, exact here
+            tensorboard.scalars(int(state.step), {
+                f"objective/{name}": value for name, value in excess(params).items()})
         experiment.evaluator.periodic(
             samples, folder, int(state.step), tensorboard,
             title=f"{experiment.dataset}: step {int(state.step)}, {experiment.sampler.name} "

@@ -248,19 +248,21 @@ def make_bound_fn(
 def evaluate_bound(bound_fn, params, batches, key: Array) -> dict[str, float]:
     """Dataset figures from ``bound_fn = make_bound_fn(...)`` over an iterable of batches.
 
-    Batch ``i`` uses ``fold_in(key, i)``. Returns the means of ``nll`` (nats) and
-    ``bits_per_dim`` with their standard errors over examples (which include the Monte Carlo
-    noise of each example's estimate), the mean per-example Monte Carlo standard error in
-    bits/dim, the means of the three terms (nats) and the number of examples.
+    Batch ``i`` uses ``fold_in(key, i)``; a batch given as ``(x, valid)`` counts only its first
+    ``valid`` examples (the rest pad it to a shape already compiled). Returns the means of
+    ``nll`` (nats) and ``bits_per_dim`` with their standard errors over examples (which include
+    the Monte Carlo noise of each example's estimate), the mean per-example Monte Carlo
+    standard error in bits/dim, the means of the three terms (nats) and the number of examples.
     """
     fields = ("nll", "bits_per_dim", "standard_error", "prior", "diffusion", "reconstruction")
     values: dict[str, list] = {name: [] for name in fields}
     dim = None
-    for i, x in enumerate(batches):
+    for i, item in enumerate(batches):
+        x, valid = item if isinstance(item, tuple) else (item, None)
         result = bound_fn(params, x, jax.random.fold_in(key, i))
         dim = math.prod(x.shape[1:])
         for name in fields:
-            values[name].append(np.asarray(getattr(result, name), np.float64))
+            values[name].append(np.asarray(getattr(result, name), np.float64)[:valid])
     if dim is None:
         raise ValueError("no batch was given")
     arrays = {name: np.concatenate(v) for name, v in values.items()}
@@ -324,11 +326,12 @@ class ExcessResult(NamedTuple):
 
 
 def band_names(edges: Sequence[float]) -> list[str]:
-    """``sigma_ve`` bands of the excess: ``<e0``, ``e0-e1``, ..., ``>=eN``."""
+    """``sigma_ve`` bands of the excess: ``below_e0``, ``e0_to_e1``, ..., ``above_eN``
+    (characters TensorBoard keeps in a tag, so the metric and the scalar share one name)."""
     edges = list(edges)
-    names = [f"<{edges[0]:g}"] if edges else ["all"]
-    names += [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    return names + ([f">={edges[-1]:g}"] if edges else [])
+    names = [f"below_{edges[0]:g}"] if edges else ["all"]
+    names += [f"{a:g}_to_{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return names + ([f"above_{edges[-1]:g}"] if edges else [])
 
 
 def make_excess_fn(

@@ -193,6 +193,8 @@ BAD_VALUES = [
     ("eval.nll_divergence", "trace", ["config.eval.nll_divergence='trace'", "hutchinson"]),
     ("eval.nll_rtol", 0.0, ["config.eval.nll_rtol=0.0", "> 0.0"]),
     ("eval.nll_batch_size", 0, ["config.eval.nll_batch_size=0", ">= 1"]),
+    ("eval.nll_bound_times", 1, ["config.eval.nll_bound_times=1", "0 (no bound) or >= 2"]),
+    ("eval.excess_examples", -1, ["config.eval.excess_examples=-1", ">= 0"]),
     ("eval.checkpoint_step", -1, ["config.eval.checkpoint_step=-1", ">= 0"]),
 ]
 

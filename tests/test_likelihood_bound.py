@@ -157,7 +157,7 @@ def test_excess_in_bits_per_dim_by_band(tight_runs):
     (_, excess, _) = tight_runs["perturbed"]
     figures = excess_bits_per_dim(excess, DIM)
     names = band_names((0.1, 1.0, 10.0))
-    assert names == ["<0.1", "0.1-1", "1-10", ">=10"]
+    assert names == ["below_0.1", "0.1_to_1", "1_to_10", "above_10"]
     assert figures["excess"] == pytest.approx(excess.total.mean() / (DIM * math.log(2)))
     assert sum(figures[f"excess_{n}"] for n in names) == pytest.approx(figures["excess"])
     assert figures["excess_standard_error"] > 0

@@ -26,9 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     "model.width": 16, "model.num_blocks": 1, "model.embedding_features": 8,
     "training.batch_size": 32, "training.num_steps": 4, "training.steps_per_call": 2,
-    "training.log_every": 2, "training.checkpoint_every": 2, "training.sample_every": 0,
+    "training.log_every": 2, "training.checkpoint_every": 2, "training.sample_every": 4,
     "sampler.nfe": 8, "eval.num_samples": 256, "eval.num_projections": 16, "eval.repeats": 1,
-    "eval.nll_examples": 0,
+    "eval.nll_examples": 16, "eval.nll_bound_times": 8, "eval.excess_examples": 64,
 }
 TINY_FLAGS = [f"--config.{k}={v}" for k, v in TINY.items()]
 
@@ -148,7 +148,8 @@ def test_the_run_keeps_its_console_and_its_eval_scalars(trained):
     evaluation is a TensorBoard scalar per metric, tagged by the evaluated setting."""
     log = open(os.path.join(trained, run_dir.LOG_FILE)).read()
     assert log.startswith("# ") and "python -m diffusion_lv.main" in log.splitlines()[0]
-    for line in ("training from scratch", "done: 4 steps", "compiled the sampler",
+    # (the periodic pictures compiled the sampler: the eval's line says it sampled)
+    for line in ("training from scratch", "done: 4 steps", "sampled 256 with heun at NFE 8",
                  "measured the samples", "sliced Wasserstein"):
         assert line in log, (line, log)
     events = [os.path.join(base, name) for base, _, names in os.walk(trained)
@@ -156,6 +157,18 @@ def test_the_run_keeps_its_console_and_its_eval_scalars(trained):
     content = b"".join(open(path, "rb").read() for path in events)
     assert b"eval/heun-nfe8-ema_0.995/swd_ratio" in content
     assert b"eval/heun-nfe8-ema_0.995/step" not in content  # the step is the x axis
+    # The ODE NLL, the reverse-SDE bound and J - J* (ring8 has an exact denoiser), also
+    # during training (every sample_every steps).
+    for tag in (b"eval/heun-nfe8-ema_0.995/nll_bpd", b"eval/heun-nfe8-ema_0.995/nll_bound_bpd",
+                b"eval/heun-nfe8-ema_0.995/objective_excess_bpd",
+                b"objective/objective_excess_bpd_sigma_below_0.1"):
+        assert tag in content, tag
+    metrics = json.load(open(os.path.join(trained, "metrics.json")))
+    bands = [v for k, v in metrics.items() if k.startswith("objective_excess_bpd_sigma")]
+    assert len(bands) == 4 and metrics["objective_excess_bpd"] > 0
+    assert sum(bands) == pytest.approx(metrics["objective_excess_bpd"], rel=1e-5)
+    assert metrics["nll_bound_bpd_standard_error"] > 0 and metrics["nll_bound_time_draws"] == 8
+    assert "the reverse-SDE model's bound" in log and "J - J*" in log
 
 
 def test_load_run_restores_the_evaluated_model_and_its_sampler(trained):

@@ -21,6 +21,13 @@ class EvalConfig:
     nll_examples: int = 0  # 0: no NLL
     nll_batch_size: int = 256
     likelihood: LikelihoodConfig = LikelihoodConfig()  # solver, divergence, dequantisation
+    # The reverse-SDE model's bound beside the ODE NLL (same examples and dequantisation):
+    # time draws per example, each with its own noise; 0: no bound.
+    nll_bound_times: int = 64
+    # J(theta) - J*, the ML objective's excess, where the data have an exact denoiser (toy
+    # mixtures): fresh draws it is averaged over (also during training, every sample_every);
+    # its time draws: nll_bound_times (64 if that is 0). 0: off.
+    excess_examples: int = 1024
     checkpoint_step: int | None = None  # None: the latest
     seed: int = 0
     inception_weights: str = ""  # FID Inception weights file; "": no FID
@@ -35,6 +42,13 @@ class EvalConfig:
         checks.number("ema_decay", self.ema_decay, optional=True)
         checks.number("nll_examples", self.nll_examples, lo=0, integer=True)
         checks.number("nll_batch_size", self.nll_batch_size, lo=1, integer=True)
+        checks.number("nll_bound_times", self.nll_bound_times, lo=0, integer=True)
+        if self.nll_bound_times == 1:
+            raise ValueError("nll_bound_times=1 is not valid; valid: 0 (no bound) or >= 2 (the "
+                             "Monte Carlo standard error needs two draws)")
+        checks.number("excess_examples", self.excess_examples, lo=0, integer=True)
+        if self.excess_examples == 1:
+            raise ValueError("excess_examples=1 is not valid; valid: 0 (off) or >= 2")
         checks.number("checkpoint_step", self.checkpoint_step, lo=0, integer=True, optional=True)
         checks.number("seed", self.seed, integer=True)
         for name in ("inception_weights", "fid_reference"):

@@ -163,6 +163,8 @@ class ImageEvaluator:
     def true_nll(self, data, schedule) -> None:
         return None  # no image set has a known density
 
+    mixture = None  # nor an exact denoiser
+
     def write_samples(self, samples, workdir: str, title: str, ve_denoiser=None,
                       sigma_range=None) -> None:
         """``samples.png`` (a grid under ``title``: step, sampler, NFE, parameters) and, given

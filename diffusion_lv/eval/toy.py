@@ -259,6 +259,11 @@ class ToyEvaluator:
     def true_nll(self, data, schedule) -> float | None:
         return exact_nll_bits_per_dim(self.dataset, data, schedule)
 
+    @property
+    def mixture(self):
+        """The data's exact Gaussian mixture (exact denoiser, density), or None."""
+        return toy.exact_density(self.dataset)
+
     def write_samples(self, samples, workdir: str, title: str, ve_denoiser=None,
                       sigma_range=None) -> None:
         """``samples.png``: the samples over the data density."""
