@@ -250,3 +250,23 @@ def test_order_limit_leaves_fine_grids_alone(name, x64):
                             order_limit="history")
     np.testing.assert_allclose(_run(lambda: history.run(d, z, None, s)), auto, rtol=1e-12,
                                atol=1e-12)
+
+
+def test_the_lambda_step_limit_stops_at_second_order_on_the_sde():
+    # On the Karras grid at 6 NFE the lambda steps exceed 1: the ODE drops to first order there,
+    # the SDE variants (c > 1) to second order (first order made their law worse).
+    from diffusion_lv.samplers.multistep import dpmpp_2m_plan, exponential_plan
+
+    levels = get_sigmas("karras", 6, 0.002, 80.0)
+    hs = np.log(levels[:-1] / levels[1:])
+    assert np.all(hs > 1.0)
+    np.testing.assert_array_equal(step_orders(hs, 3, "auto", unit=1.0), [1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(step_orders(hs, 3, "auto", unit=1.0, unit_floor=2),
+                                  [1, 2, 2, 2, 2])
+    for c, same_as_history in ((1.0, False), (2.0, True)):
+        auto = dpmpp_2m_plan(levels, np, c=c).coefficients
+        history = dpmpp_2m_plan(levels, np, c=c, order_limit="history").coefficients
+        assert np.allclose(auto, history) == same_as_history, c
+    # dpmpp_3m_sde under the rule is dpmpp_2m_sde (midpoint) on these long steps.
+    np.testing.assert_allclose(exponential_plan(levels, np, order=3, c=2.0).coefficients,
+                               dpmpp_2m_plan(levels, np, c=2.0).coefficients, atol=1e-15)

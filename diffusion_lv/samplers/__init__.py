@@ -26,6 +26,7 @@ from diffusion_lv.samplers.euler import sample_euler, split_euler_step
 from diffusion_lv.samplers.fitted_grid import (
     FittedGrid,
     evaluate_grid,
+    fit_best,
     fit_grid,
     load_fitted,
     save_fitted,
@@ -40,7 +41,7 @@ from diffusion_lv.samplers.multistep import (
 )
 from diffusion_lv.samplers.ode import sample_ode
 from diffusion_lv.samplers.pc import langevin_corrector_step, sample_pc
-from diffusion_lv.samplers.recommend import recommended
+from diffusion_lv.samplers.recommend import fitted_candidates, recommended
 from diffusion_lv.samplers.smld import sample_smld
 from diffusion_lv.samplers.unipc import sample_unipc
 
@@ -56,7 +57,9 @@ __all__ = [
     "SamplerSpec",
     "ddim_step",
     "evaluate_grid",
+    "fit_best",
     "fit_grid",
+    "fitted_candidates",
     "get_sigmas",
     "heun_step",
     "initial_noise",

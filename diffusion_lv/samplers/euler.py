@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_lv.langevin import is_one, reverse_drift_from_denoiser
+from diffusion_lv.samplers.adams import adams_plan
 from diffusion_lv.samplers.base import (
     Denoiser,
     check_rate,
@@ -84,13 +85,12 @@ def sample_euler(
 
 def euler_plan(levels, xp=np, *, c: float = 1.0, step_schedule=None) -> Plan:
     """Euler on the PF-ODE in VE coordinates as a one-step ``multistep.Plan``
-    (``z' = z + (sigma' - sigma) eps``), for grid fitting; other settings have none."""
+    (``z' = z + (sigma' - sigma) eps``: first-order Adams), for grid fitting; other settings
+    have none."""
     schedule = resolve_schedule(step_schedule)
     if not is_one(c) or not (schedule is None or schedule.name == "ve"):
         raise ValueError(
             f"c={c!r}, step_schedule={step_schedule!r}: only deterministic Euler in VE "
             "coordinates (c=1, step_schedule None or 've') is a linear plan"
         )
-    dsigma = levels[1:] - levels[:-1]
-    zeros = xp.zeros_like(dsigma)
-    return Plan(xp.stack([xp.ones_like(dsigma), dsigma, zeros, zeros, zeros], axis=1), "eps", 1)
+    return adams_plan(levels, xp, order=1, order_limit="history")

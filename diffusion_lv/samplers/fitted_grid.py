@@ -99,12 +99,12 @@ def solve_on_levels(denoiser, z_T: Array, levels, cfg: SamplerConfig) -> Array:
     return run_plan(denoiser, z_T, None, levels, plan, cfg.final_denoise)[0]
 
 
-def _levels_from_logits(logits, log_max: float, log_min: float):
-    increments = jax.nn.softmax(logits) * (log_min - log_max)
-    log_levels = jnp.concatenate([jnp.full((1,), log_max, logits.dtype),
-                                  log_max + jnp.cumsum(increments)])
-    log_levels = log_levels.at[-1].set(log_min)
-    return jnp.exp(log_levels)
+def _levels_from_logits(logits, log_max: float, log_min: float, xp=jnp):
+    weights = xp.exp(logits - xp.max(logits))
+    increments = weights / xp.sum(weights) * (log_min - log_max)
+    ends = [xp.full((1,), bound, logits.dtype) for bound in (log_max, log_min)]
+    # the last level is sigma_min exactly, not a rounded sum
+    return xp.exp(xp.concatenate([ends[0], log_max + xp.cumsum(increments[:-1]), ends[1]]))
 
 
 def _logits_from_levels(levels: np.ndarray) -> np.ndarray:
@@ -204,15 +204,27 @@ def fit_grid(
         if best is None or candidate[0] < best[0]:
             best = candidate
     loss, logits, init_loss, init_name = best
-    with jax.ensure_compile_time_eval():
-        levels = np.asarray(_levels_from_logits(jnp.asarray(logits, jnp.float32), log_max,
-                                                log_min), np.float64)
+    # In the fit's own precision: a float64 fit keeps its float64 grid.
+    levels = _levels_from_logits(np.asarray(logits, np.float64), log_max, log_min, np)
     levels[0], levels[-1] = sigma_max, sigma_min
     return FittedGrid(
         sampler=cfg.name, nfe=cfg.nfe, options=dict(cfg.resolved_options),
         final_denoise=cfg.final_denoise, sigmas=tuple(float(s) for s in levels), loss=loss,
         init_loss=init_loss, init_grid=init_name, reference=repr(reference),
     )
+
+
+def fit_best(model_fn, model: Parameterization, key: Array, shape,
+             cfgs: Sequence[SamplerConfig], **fit_options) -> tuple[SamplerConfig, FittedGrid]:
+    """Fit a grid for each configuration in ``cfgs`` (same budget; e.g. the two order rules) on
+    the same fitting noise and keep the one with the lowest fitting loss: the choice is made on
+    the fitting noise only. Returns ``(cfg on its fitted grid, FittedGrid)``."""
+    best = None
+    for cfg in cfgs:
+        fitted = fit_grid(model_fn, model, key, shape, cfg, **fit_options)
+        if best is None or fitted.loss < best[1].loss:
+            best = (with_fitted(cfg, fitted), fitted)
+    return best
 
 
 def evaluate_grid(model_fn, model: Parameterization, key: Array, shape, cfg: SamplerConfig,
