@@ -10,6 +10,8 @@ module only strings the steps together:
 * ``held_out_nll``: the probability-flow NLL of held-out data and the reverse-SDE model's
   bound on it (eval/nll.py);
 * ``objective_excess``: ``J(theta) - J*``, where the data have an exact denoiser;
+* ``write_inpainting``: ``--mode=inpaint``, held-out examples completed by a conditional
+  sampler (eval/inpaint.py), their picture and ``metrics.json``;
 * ``periodic_sampler``: the every-``sample_every``-steps pictures during training;
 * ``output_folder`` / ``record_eval``: where ``eval``/``sample`` write (their own folder per
   step, sampler, NFE and params, never over training's record) and the history of every
@@ -29,6 +31,9 @@ import jax
 import numpy as np
 
 from diffusion_lv import distributed, likelihood_bound, progress, samplers, training
+from diffusion_lv.conditional import Inpainting, sample_conditional
+from diffusion_lv.eval import image_grid
+from diffusion_lv.eval import inpaint as inpaint_lib
 from diffusion_lv.eval.nll import evaluate_nll, evaluate_nll_bound, finite_or_none
 from diffusion_lv.experiment import Experiment
 from diffusion_lv.parameterization import Parameterization, bind
@@ -258,6 +263,106 @@ def objective_excess(experiment: Experiment) -> Callable[[object], dict] | None:
         return out
 
     return measure
+
+
+def inpaint_folder(experiment: Experiment, workdir: str, step: int) -> str:
+    """``<workdir>/inpaint/step_<step>-<mask>-<method>-nfe<nfe>-<params>``."""
+    return os.path.join(workdir, "inpaint", f"step_{step:07d}-{experiment.inpaint.tag}-"
+                        f"{params_label(experiment)}")
+
+
+def _inpaint_examples(experiment: Experiment, num: int):
+    """Held-out examples to complete and, for digits, their labels."""
+    if experiment.dataset == "digits":
+        from diffusion_lv.eval import digits_features
+
+        images, labels = digits_features.scaled_split(experiment.image_data.eval_split)
+        split = experiment.image_data.eval_split
+        return images[:num].astype(np.float32), labels[:num], f"digits/{split}"
+    data, source = experiment.evaluator.held_out(num,
+                                                 jax.random.PRNGKey(experiment.eval.seed + 5))
+    return np.asarray(data, np.float32), None, source
+
+
+def write_inpainting(experiment: Experiment, state, workdir: str) -> tuple[dict, str]:
+    """Complete ``inpaint.num_examples`` held-out examples whose ``inpaint.mask`` part is
+    unknown; write ``completions.npy``, ``inpainting.png`` (rows of masked inputs, completions
+    and originals for images; the completed points for 2-D data) and ``metrics.json`` into
+    ``inpaint_folder``. Returns the metrics and the folder."""
+    spec, model = experiment.inpaint, experiment.parameterization
+    params = experiment.eval_params(state)
+    folder = inpaint_folder(experiment, workdir, int(state.step))
+    originals, labels, source = _inpaint_examples(experiment, spec.num_examples)
+    num = len(originals)
+    unknown = inpaint_lib.unknown_mask(spec.mask, originals.shape[1:], num, experiment.eval.seed)
+    condition = Inpainting(mask=np.logical_not(unknown), values=originals)
+    model_fn = model.model_fn(bind(experiment.network.apply, params))
+    draw = jax.jit(lambda key, known: sample_conditional(model_fn, model, key, known,
+                                                         spec.conditional))
+    show = distributed.is_main_process()
+    what = f"{spec.conditional.method} at NFE {spec.conditional.nfe}"
+    with progress.phase(f"inpainted {num} examples ({spec.mask} unknown) with {what}",
+                        enabled=show):
+        completions, info = draw(jax.random.PRNGKey(experiment.eval.seed + 6), condition)
+        completions = np.asarray(completions)
+    result = {
+        "step": int(state.step), "dataset": experiment.dataset, "data": source,
+        "schedule": experiment.schedule.describe(),
+        "prediction": model.prediction, "params": params_label(experiment),
+        "sampler": f"inpaint_{spec.mask}_{spec.conditional.method}", "nfe": int(info["nfe"]),
+        "mask": spec.mask, "method": spec.conditional.method,
+        "options": spec.conditional.resolved_options, "examples": num,
+        "unknown_fraction": float(unknown.mean()),
+        "unknown_rmse": inpaint_lib.unknown_rmse(completions, originals, unknown),
+    }
+    with progress.phase("measured the completions", enabled=show):
+        if labels is not None:
+            masked = np.where(unknown, 0.0, originals)  # unknown pixels grey
+            for name, images in (("", completions), ("masked_input_", masked),
+                                 ("originals_", originals)):
+                result.update({f"{name}{k}": v
+                               for k, v in inpaint_lib.digits_scores(images, labels).items()})
+        elif experiment.image_data is None:  # the joint of known and completed: the data's law
+            result.update(experiment.evaluator.quality(
+                completions, jax.random.PRNGKey(experiment.eval.seed + 1)))
+    if not show:
+        return result, folder
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, "completions.npy"), completions)
+    title = (f"{experiment.dataset}: step {int(state.step)}, {spec.mask} unknown, "
+             f"{spec.conditional.method} {result['nfe']} NFE, {params_label(experiment)} params")
+    with progress.phase("wrote the inpainting picture", enabled=show):
+        if experiment.image_data is None:
+            experiment.evaluator.write_samples(completions, folder, title=title)
+        else:
+            shown = min(num, 8)
+            rows = [np.where(unknown, 0.0, originals)[:shown],
+                    np.clip(completions, -1.0, 1.0)[:shown], originals[:shown]]
+            image_grid.save_image_grid(
+                np.concatenate(rows), os.path.join(folder, "inpainting.png"), num_cols=shown,
+                title=f"{title} (rows: masked input, completion, original)")
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result, folder
+
+
+def inpaint_summary(metrics: dict) -> str:
+    """The console line of ``--mode=inpaint``."""
+    line = (f"inpainted {metrics['examples']} examples of {metrics['dataset']} "
+            f"({metrics['mask']} unknown, {100 * metrics['unknown_fraction']:.0f}% of the values) "
+            f"with {metrics['method']} at NFE {metrics['nfe']}: RMS error on the unknown part "
+            f"{metrics['unknown_rmse']:.4f}")
+    if "accuracy" in metrics:
+        line += (f"; digits classifier accuracy {metrics['accuracy']:.3f} (masked input "
+                 f"{metrics['masked_input_accuracy']:.3f}, originals "
+                 f"{metrics['originals_accuracy']:.3f}), Frechet distance "
+                 f"{metrics['frechet_distance']:.2f} (originals "
+                 f"{metrics['originals_frechet_distance']:.2f})")
+    if "swd" in metrics:
+        line += (f"; sliced Wasserstein of the completed points to the data "
+                 f"{metrics['swd']:.4f} vs floor {metrics['swd_floor']:.4f} (ratio "
+                 f"{metrics['swd_ratio']:.2f})")
+    return line
 
 
 def output_folder(experiment: Experiment, workdir: str, step: int) -> str:

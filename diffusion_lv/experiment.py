@@ -17,12 +17,13 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
-from diffusion_lv import checks, convert, losses, samplers
+from diffusion_lv import checks, conditional, convert, losses, samplers
 from diffusion_lv import likelihood as likelihood_lib
 from diffusion_lv.config_schema import ConfigError, check_keys
 from diffusion_lv.data import images, toy
 from diffusion_lv.eval.config import EvalConfig
 from diffusion_lv.eval.images import ImageEvaluator
+from diffusion_lv.eval.inpaint import InpaintConfig
 from diffusion_lv.eval.toy import ToyEvaluator
 from diffusion_lv.models import unet
 from diffusion_lv.models.mlp import MLP
@@ -53,6 +54,7 @@ class Experiment:
     eval: EvalConfig
     evaluator: ToyEvaluator | ImageEvaluator  # picked once: samples, metrics, pictures
     image_data: images.ImageData | None = None  # image data sets: the pipeline's settings
+    inpaint: InpaintConfig = InpaintConfig()  # --mode=inpaint
 
     @property
     def schedule(self) -> Schedule:
@@ -233,6 +235,34 @@ def _eval(config, ema_decays: tuple[float, ...], image_data) -> EvalConfig:
     return evaluation
 
 
+# config.inpaint keys that are not the conditional method's settings
+_INPAINT_KEYS = ("mask", "num_examples")
+
+
+def _inpaint(config, data_shape: tuple[int, ...], schedule: Schedule) -> InpaintConfig:
+    """``config.inpaint``: the mask and a ``ConditionalConfig`` of the method and the options
+    set (None keys are the method's defaults; a set option the method does not read is refused,
+    naming the method's options). A run recorded before the section existed gets the defaults."""
+    if "inpaint" not in config:
+        return InpaintConfig()
+    values = {k: v for k, v in _section(config, "inpaint").items() if v is not None}
+    settings = {k: values.pop(k) for k in _INPAINT_KEYS if k in values}
+    method = values.get("method", "langevin")
+    known = {f.name for f in dataclasses.fields(conditional.ConditionalConfig)} - {"options"}
+    readable = known | set(conditional.METHODS.get(method, conditional.METHODS["langevin"])
+                           .options)
+    unknown = sorted(set(values) - known - {k for m in conditional.METHODS.values()
+                                            for k in m.options})
+    if unknown:
+        raise ConfigError(f"config.inpaint has unknown keys {unknown}; valid: "
+                          f"{sorted(readable | set(_INPAINT_KEYS))}")
+    cfg = _wrap("inpaint", lambda: conditional.ConditionalConfig(**values))
+    spec = _wrap("inpaint", lambda: InpaintConfig(**settings, conditional=cfg))
+    _wrap("inpaint", lambda: spec.check_data(data_shape))
+    _wrap("inpaint", lambda: cfg.sigmas(schedule))  # a budget that buys a step, a valid range
+    return spec
+
+
 def _check_fid_files(evaluation: EvalConfig, image_data) -> None:
     """``eval.inception_weights`` / ``eval.fid_reference``: files that exist, image data only."""
     from diffusion_lv.eval import fid, inception
@@ -319,4 +349,6 @@ def parse(config, num_devices: int | None = None) -> Experiment:
         evaluator=ToyEvaluator(dataset, evaluation) if image_data is None
         else ImageEvaluator(image_data, evaluation),
         image_data=image_data,
+        inpaint=_inpaint(config, (2,) if image_data is None else image_data.data_shape,
+                         schedule),
     )

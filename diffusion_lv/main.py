@@ -1,16 +1,18 @@
 """Entry point: ``python -m diffusion_lv.main --workdir=runs/x [--config=...] [--mode=...]``.
 
 Modes: ``train`` (resuming from the workdir's latest checkpoint if any, then sample and
-evaluate), ``eval`` (samples, metrics and held-out NLL of a checkpoint, EMA params by default)
-and ``sample``. Any config value can be overridden, e.g.
+evaluate), ``eval`` (samples, metrics and held-out NLL of a checkpoint, EMA params by default),
+``sample``, and ``inpaint`` (held-out examples completed by a conditional sampler, set by
+``inpaint.*``). Any config value can be overridden, e.g.
 ``--config=configs/toy.py:ring8,vp_sde --config.training.num_steps=2000``; without ``--config``
 the quick-start ``configs/default.py`` runs. Everything is checked before anything compiles.
 
 The workdir is the run's record (layout in the README): ``config.json`` and ``run.json`` are
-written once when training starts from scratch; ``eval``/``sample`` evaluate the recorded model
-(without ``--config`` they read its config; ``sampler.*`` and ``eval.*`` may be overridden) into
-``eval/<step>-<sampler>-<nfe>-<params>/``; a config that changes the model is refused for them
-and for resuming, naming the keys. One training run holds a workdir at a time (``run.lock``).
+written once when training starts from scratch; ``eval``/``sample``/``inpaint`` evaluate the
+recorded model (without ``--config`` they read its config; ``sampler.*``, ``eval.*`` and
+``inpaint.*`` may be overridden) into ``eval/<step>-<sampler>-<nfe>-<params>/`` (``inpaint/...``
+for inpainting); a config that changes the model is refused for them and for resuming, naming
+the keys. One training run holds a workdir at a time (``run.lock``).
 
 Exit statuses: 0 finished; 2 usage or config error (one line on stderr, no traceback unless
 ``--verbosity`` is given, the workdir unchanged); 3 stopped by SIGTERM/SIGINT after saving;
@@ -43,7 +45,7 @@ from diffusion_lv import (
 )
 from diffusion_lv import experiment as experiment_lib
 
-MODES = ("train", "eval", "sample")
+MODES = ("train", "eval", "sample", "inpaint")
 EXIT_PREEMPTED, EXIT_NONFINITE, EXIT_NO_CHECKPOINT = 3, 4, 5  # usage errors: 2
 
 config_files.make_configs_importable()
@@ -76,6 +78,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
     start = time.perf_counter()
     experiment = experiment_lib.parse(config)  # every check before anything compiles
     settings = {"sampler": config.sampler.to_dict(), "eval": config.eval.to_dict(),
+                "inpaint": config.inpaint.to_dict() if "inpaint" in config else None,
                 "command": sys.argv}
     main_process = jax.process_index() == 0
     if mode == "train":
@@ -95,7 +98,11 @@ def run(config, workdir: str, mode: str) -> dict | None:
 
 
 def _evaluate(experiment, state, workdir: str, mode: str, settings: dict) -> dict | None:
-    """Eval/sample into a folder of its own: training's record is never overwritten."""
+    """Eval/sample/inpaint into a folder of its own: training's record is never overwritten."""
+    if mode == "inpaint":
+        metrics, folder = evaluate.write_inpainting(experiment, state, workdir)
+        evaluate.record_eval(workdir, folder, settings, metrics)
+        return metrics
     folder = evaluate.output_folder(experiment, workdir, int(state.step))
     os.makedirs(folder, exist_ok=True)
     if mode == "sample":
@@ -136,6 +143,10 @@ def _train(experiment, config, workdir: str, settings: dict) -> dict | None:
 
 def summary(experiment, metrics: dict, workdir: str, mode: str, seconds: float) -> str:
     """The console lines after a run: the evaluator's verdict, then the NLL if computed."""
+    if mode == "inpaint":
+        folder = evaluate.inpaint_folder(experiment, workdir, metrics["step"])
+        return (f"{evaluate.inpaint_summary(metrics)}; wrote "
+                f"{os.path.join(folder, 'metrics.json')} [{seconds:.0f} s]")
     folder = workdir if mode == "train" else evaluate.output_folder(experiment, workdir,
                                                                      metrics["step"])
     lines = [f"{experiment.evaluator.summary(metrics)}; wrote "

@@ -6,8 +6,9 @@
 * ``check_resume``: resuming with a config that changes what the checkpoint *is* (data, network,
   schedule, prediction, seed, EMA decays, optimiser structure) is refused before any restore,
   naming the differing keys.
-* ``eval_config``: ``eval``/``sample`` evaluate the recorded model; a ``--config`` or override may
-  change the eval-time sections (``sampler``, ``eval``) and nothing that defines the model.
+* ``eval_config``: ``eval``/``sample``/``inpaint`` evaluate the recorded model; a ``--config``
+  or override may change the eval-time sections (``sampler``, ``eval``, ``inpaint``) and nothing
+  that defines the model.
 * ``WorkdirLock``: one training run per workdir (a lock file naming host and pid; a lock whose
   process is gone on this host is stale and replaced).
 * ``check_workdir``: a workdir that is a file or cannot be written is refused before anything.
@@ -34,7 +35,7 @@ CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
 LOG_FILE = "log.txt"  # the console of every invocation, appended
-EVAL_SECTIONS = ("sampler", "eval")  # what eval/sample may change
+EVAL_SECTIONS = ("sampler", "eval", "inpaint")  # what eval/sample/inpaint may change
 # What a checkpoint is: a change here makes the saved state another model (or another shape).
 MODEL_SECTIONS = ("data", "model", "diffusion")
 STATE_KEYS = ("seed", "training.ema_decays", "optimizer.name")
@@ -121,6 +122,8 @@ def eval_config(workdir: str, given, given_explicitly: bool, overrides: dict):
     with config.unlocked():
         for key, value in updates.items():
             section, name = key.split(".", 1)
+            if section not in config:  # recorded before the section existed
+                config[section] = config_dict.ConfigDict()
             config[section][name] = value
     return config
 

@@ -196,6 +196,15 @@ BAD_VALUES = [
     ("eval.nll_bound_times", 1, ["config.eval.nll_bound_times=1", "0 (no bound) or >= 2"]),
     ("eval.excess_examples", -1, ["config.eval.excess_examples=-1", ">= 0"]),
     ("eval.checkpoint_step", -1, ["config.eval.checkpoint_step=-1", ">= 0"]),
+    ("inpaint.mask", "diagonal", ["config.inpaint.mask='diagonal'", "valid choices", "centre"]),
+    # an image mask on 2-D data
+    ("inpaint.mask", "centre", ["config.inpaint.mask='centre'", "valid choices", "left_half"]),
+    ("inpaint.method", "guess", ["config.inpaint.method='guess'", "valid choices", "repaint"]),
+    ("inpaint.resamples", 4, ["config.inpaint.resamples=4", "not read by method 'langevin'",
+                              "langevin_steps"]),
+    ("inpaint.langevin_steps", -1, ["config.inpaint.langevin_steps=-1", ">= 0"]),
+    ("inpaint.nfe", 1, ["config.inpaint.nfe=1", "buys no step"]),
+    ("inpaint.num_examples", 0, ["config.inpaint.num_examples=0", ">= 1"]),
 ]
 
 

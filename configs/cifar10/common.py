@@ -16,6 +16,11 @@ def image_config(*, data: dict, model: dict, **sections):
     config = default.get_config()
     config.data = config_dict.ConfigDict(data)
     config.model = config_dict.ConfigDict({"name": "unet", **model})
+    # NLL bins that match the training data (docs/likelihood.md): uniform bins for data trained
+    # dequantised (score_sde's and Flow Matching's figures), bins centred on the levels (DDPM's
+    # discretisation) for data trained on the grid values.
+    config.eval.nll_dequantization = "uniform" if data["dequantize"] else "centred"
+    config.inpaint.num_examples = 64  # a U-Net per step: fewer completions than for 2-D data
     for section, values in sections.items():
         config[section].update(values)
     return config
