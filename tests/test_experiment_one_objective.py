@@ -77,10 +77,18 @@ def test_paired_t_and_rate():
     assert t["dof"] == 4
     assert t["t"] == pytest.approx(reference.statistic)
     assert t["p"] == pytest.approx(reference.pvalue)
+    ci = reference.confidence_interval(0.95)
+    assert t["ci"] == pytest.approx((ci.low, ci.high))
     same = one_objective.paired_t(a, a)
     assert same["t"] == 0.0 and same["p"] == pytest.approx(1.0)
     steps = np.asarray([250, 500, 1000, 2000])
     assert one_objective.rate(steps, 3.0 * steps**-0.7) == pytest.approx(0.7)
+
+
+def test_holm_is_the_step_down_adjustment():
+    # Sorted p = 0.01, 0.02, 0.04 with 3 tests: 0.03, max(0.03, 0.04), max(0.04, 0.04).
+    assert one_objective.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert one_objective.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_summary_compares_models_over_seeds():
@@ -89,7 +97,7 @@ def test_summary_compares_models_over_seeds():
         for seed in range(3):
             curve = [{"step": s, "excess": scale * (1 + 0.1 * seed) * s**-0.5,
                       "bound_excess": 0.0, "bound": 1.0, "bound_se": 0.1, "bound_mc_se": 0.1,
-                      "excess_<0.1": 0.1, "excess_standard_error": 0.01}
+                      "excess_below_0.1": 0.1, "excess_standard_error": 0.01}
                      for s in (100, 200, 400)]
             curve[-1].update(ode=1.0 + seed, ode_se=0.1, ode_excess=0.5)
             runs.append({"model": model, "variant": "ml", "seed": seed, "curve": curve,
@@ -101,6 +109,34 @@ def test_summary_compares_models_over_seeds():
     test = summary["tests"]["ml: vp_score - rf_velocity: excess"]
     assert test["dof"] == 2 and test["mean"] > 0 and test["significant"]
     assert not summary["tests"]["ml: vp_score - rf_velocity: ode"]["significant"]
+    # The verdict's family: J - J* between models and the rates, Holm-adjusted over 2 tests.
+    assert summary["family"] == ["ml: vp_score - rf_velocity: excess",
+                                 "ml: vp_score - rf_velocity: rate"]
+    assert test["p_holm"] == pytest.approx(min(1.0, 2 * test["p"]))
+    assert row["falling_seeds"] == 3
+
+
+def _fake_out(gap: float, seeds: int = 5):
+    """Runs of two models whose J - J* differ by ``gap`` times a seed-dependent factor."""
+    runs = []
+    for model, scale in (("vp_score", 1.0 + gap), ("rf_velocity", 1.0)):
+        for seed in range(seeds):
+            factor = 1 + 0.2 * ((seed * 7) % 5) / 5
+            curve = [{"step": s, "excess": scale * factor * s**-0.5, "bound_excess": 0.0,
+                      "bound": 1.0, "cross_z": 0.0} for s in (100, 400)]
+            runs.append({"model": model, "variant": "ml", "seed": seed, "curve": curve,
+                         "quality": {"ratio": 1.0}, "train_seconds": 1.0})
+    return {"steps": (100, 400), "runs": runs, "summary": one_objective.summarise(runs, 0.05)}
+
+
+def test_verdict_concludes_only_what_the_tests_establish():
+    config = one_objective_config.get_config("tiny")
+    apart = one_objective._verdict(config, "mixture", _fake_out(1.0))
+    assert "t(4) =" in apart and "95% CI" in apart and "Holm p =" in apart
+    assert "have not met by step 400: 1 of 1 pairwise J - J* gaps are established" in apart
+    together = one_objective._verdict(config, "mixture", _fake_out(0.0))
+    assert "not distinguishable with 5 seeds" in together and "established (" not in together
+    assert "which is not evidence of equality" in together
 
 
 def _rf_network(config):
@@ -173,6 +209,20 @@ def test_ml_rows_share_noise_levels_and_schedules_share_the_range():
         np.testing.assert_allclose(other, sigma_ml[0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", ["default", "digits", "full"])
+def test_every_size_passes_its_checks(size):
+    """Every size's library configs parse (the digits: trained dequantised and scored by the
+    matching convention, whatever the base digits config's own NLL convention is)."""
+    config = one_objective_config.get_config(size)
+    one_objective.check_config(config)
+    if "digits" in config.datasets:
+        lib = one_objective.library_config(config, "digits", "vp_score", "ml", 0)
+        experiment = experiment_lib.parse(lib)
+        assert experiment.image_data.dequantize
+        assert one_objective._likelihood_config(config, "digits", experiment).dequantization \
+            == "uniform"
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("datasets", ("mixture", "cifar"), "unknown dataset 'cifar'; valid choices"),
     ("models", ("vp_score", "ve_x0"), "unknown model 've_x0'; valid choices"),
@@ -222,8 +272,9 @@ def test_tiny_run_writes_curves_verdict_and_figure(tiny_run):
     text = (workdir / "table.md").read_text()
     assert text.startswith("## Experiment 6") and "|---" in text
     for needle in ("Learning curves (mixture)", "J - J* @ 20", "The two likelihoods along",
-                   "Objective identity (exact)", "Equal optimum", "Optimisation speed",
-                   "t(1) =", "Conversion (mixture)", "ML, unit-variance output (control)"):
+                   "Objective identity (exact", "Equal optimum", "Optimisation speed",
+                   "t(1) =", "95% CI", "Holm p =", "**Verdict (mixture).**",
+                   "Conversion (mixture)", "ML, unit-variance output (control)"):
         assert needle in text, needle
     out = results["datasets"]["mixture"]
     assert len(out["runs"]) == len(config.models) * len(config.variants) * config.num_seeds
@@ -235,8 +286,10 @@ def test_tiny_run_writes_curves_verdict_and_figure(tiny_run):
             assert c["excess"] > 0
         assert run["curve"][-1]["ode_unsolved"] == 0 and np.isfinite(run["curve"][-1]["ode"])
     rows = out["summary"]["rows"]
-    for row in rows.values():
-        assert all(c is not None for c in row["curves"]["ode"])  # ml and ml_scaled: every step
+    for row in rows.values():  # the ODE NLL at every step for ode_curve_variants, else the last
+        every = row["variant"] in config.mixture.ode_curve_variants
+        assert [c is not None for c in row["curves"]["ode"]] == (
+            [True] * len(row["steps"]) if every else [False] * (len(row["steps"]) - 1) + [True])
     # The objective identity: one denoiser's ML objective in three coordinates, float32 rounding.
     assert out["identity"]["max_relative_difference"] < 1e-5
     # The conversion is exact: the same VP-SDE run on the RF model directly agrees to rounding.
@@ -270,4 +323,6 @@ def test_digits_path_runs(tmp_path):
         assert np.isfinite(last["ode"]) and np.isfinite(last["bound"])
         assert last["ode_unsolved"] == 0
     assert (tmp_path / "one_objective_digits.png").is_file()
-    assert "paired t-tests over 2 seeds, dof 1" in (tmp_path / "table.md").read_text()
+    text = (tmp_path / "table.md").read_text()
+    assert "paired t-tests over 2 seeds" in text and "t with 1 degrees of freedom" in text
+    assert "**Verdict (digits).**" in text and "SDE bound at step 4" in text

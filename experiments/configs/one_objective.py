@@ -1,7 +1,7 @@
 """Experiment 6, one objective: ``python -m experiments.one_objective`` (the 2-D mixture: VP score,
 VE eps and RF velocity under the ML objective, its conditioning control and the native losses, 5
-seeds, learning curves of ``J - J*``, the SDE bound and the ODE NLL; 26 minutes measured on the
-shared 2-core CPU at load average 5, training 3-4x slower than on a quiet one),
+seeds, learning curves of ``J - J*``, the SDE bound and the ODE NLL; measured on a 2-core CPU:
+9 minutes wall, 10 CPU minutes (user + system)),
 ``...py:digits`` (the 8x8 digits, trained dequantised, ML rows, 5 seeds), ``...py:full`` (both,
 longer and larger: sized for an accelerator).
 
@@ -24,23 +24,23 @@ def _mixture():
         # ring8: the oracle's ring of 8 Gaussians (radius 2, std 0.1), exact density and denoiser.
         "model": {"width": 64, "num_blocks": 3},
         # Cosine learning-rate decay to the last step (the library default); EMA evaluated.
-        "training": {"num_steps": 4000, "batch_size": 256, "steps_per_call": 250,
+        "training": {"num_steps": 2000, "batch_size": 256, "steps_per_call": 125,
                      "ema_decays": (0.995,)},
         "optimizer": {"learning_rate": 1e-3, "warmup_steps": 100},
         # One sampler for every model, so that quality differences come from training.
         "sampler": {"name": "heun", "nfe": 35, "grid": "karras", "c": None,
                     "step_schedule": None},
-        "eval_steps": (250, 500, 1000, 2000, 4000),
+        "eval_steps": (125, 250, 500, 1000, 2000),
         # Held-out points: fresh exact samples of the mixture (the same for every model, step and
         # seed). The ODE NLL is solved at every step for `ode_curve_variants`, at the last one
         # for the others (it is the expensive measurement).
-        "nll": {"examples": 512, "batch_size": 512, "divergence": "exact", "num_probes": 1,
+        "nll": {"examples": 256, "batch_size": 256, "divergence": "exact", "num_probes": 1,
                 "rtol": 1e-5, "atol": 1e-5, "error_norm": "max"},
         "ode_curve_variants": ("ml",),
         # Time draws per example of the bound and of J - J* (ML proposal; one key for all).
         "bound": {"num_times": 64},
         # SWD averaged over `repeats` exact reference draws; the floor over `floor_draws` pairs.
-        "quality": {"num_samples": 4096, "num_projections": 128, "repeats": 8,
+        "quality": {"num_samples": 2048, "num_projections": 128, "repeats": 8,
                     "floor_draws": 16},
     })
 
