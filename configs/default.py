@@ -128,20 +128,22 @@ def get_config():
     # --mode=inpaint (docs/conditional.md): complete held-out examples whose `mask` part is
     # unknown with a conditional sampler over the trained model. mask: left_half, right_half,
     # random_half (any data); top_half, bottom_half, centre (images). method: replacement,
-    # repaint, langevin, dps. The method's options below are None (its default) unless set; one
-    # the method does not read is refused.
+    # repaint, langevin, smc (a particle filter; set particles), dps. The method's options
+    # below are None (its default) unless set; one the method does not read is refused.
     config.inpaint = config_dict.ConfigDict()
     config.inpaint.mask = "left_half"
-    config.inpaint.num_examples = 1024  # held-out examples, one completion each
+    config.inpaint.num_examples = 1024  # held-out examples, one completion each (smc: particles)
     config.inpaint.method = "langevin"
     config.inpaint.nfe = 200
     config.inpaint.grid = "karras"
     config.inpaint.sigma_min = config_dict.placeholder(float)  # None: the schedule's range
     config.inpaint.sigma_max = config_dict.placeholder(float)
     config.inpaint.c = config_dict.placeholder(float)  # the outer split's rate
-    config.inpaint.langevin_steps = config_dict.placeholder(int)  # langevin: inner steps
-    config.inpaint.step_scale = config_dict.placeholder(float)  # langevin: step / sigma^2
+    config.inpaint.langevin_steps = config_dict.placeholder(int)  # langevin, smc: inner steps
+    config.inpaint.step_scale = config_dict.placeholder(float)  # langevin, smc: step / sigma^2
     config.inpaint.hold = config_dict.placeholder(str)  # langevin: clean, noisy
     config.inpaint.resamples = config_dict.placeholder(int)  # repaint: resamples per level
     config.inpaint.guidance_scale = config_dict.placeholder(float)  # dps
+    config.inpaint.particles = config_dict.placeholder(int)  # smc: completions per example
+    config.inpaint.resample_threshold = config_dict.placeholder(float)  # smc: ESS fraction
     return config

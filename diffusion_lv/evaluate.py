@@ -292,9 +292,12 @@ def write_inpainting(experiment: Experiment, state, workdir: str) -> tuple[dict,
     spec, model = experiment.inpaint, experiment.parameterization
     params = experiment.eval_params(state)
     folder = inpaint_folder(experiment, workdir, int(state.step))
-    originals, labels, source = _inpaint_examples(experiment, spec.num_examples)
-    num = len(originals)
-    unknown = inpaint_lib.unknown_mask(spec.mask, originals.shape[1:], num, experiment.eval.seed)
+    examples, labels, source = _inpaint_examples(experiment, spec.num_examples)
+    num, copies = len(examples), spec.copies
+    unknown = inpaint_lib.unknown_mask(spec.mask, examples.shape[1:], num, experiment.eval.seed)
+    # The particle filter completes each example with its own group of `copies` rows.
+    originals, unknown = np.repeat(examples, copies, 0), np.repeat(unknown, copies, 0)
+    labels = None if labels is None else np.repeat(labels, copies, 0)
     condition = Inpainting(mask=np.logical_not(unknown), values=originals)
     model_fn = model.model_fn(bind(experiment.network.apply, params))
     draw = jax.jit(lambda key, known: sample_conditional(model_fn, model, key, known,
@@ -312,6 +315,7 @@ def write_inpainting(experiment: Experiment, state, workdir: str) -> tuple[dict,
         "sampler": f"inpaint_{spec.mask}_{spec.conditional.method}", "nfe": int(info["nfe"]),
         "mask": spec.mask, "method": spec.conditional.method,
         "options": spec.conditional.resolved_options, "examples": num,
+        "completions_per_example": copies,
         "unknown_fraction": float(unknown.mean()),
         "unknown_rmse": inpaint_lib.unknown_rmse(completions, originals, unknown),
     }
@@ -336,8 +340,9 @@ def write_inpainting(experiment: Experiment, state, workdir: str) -> tuple[dict,
             experiment.evaluator.write_samples(completions, folder, title=title)
         else:
             shown = min(num, 8)
-            rows = [np.where(unknown, 0.0, originals)[:shown],
-                    np.clip(completions, -1.0, 1.0)[:shown], originals[:shown]]
+            first = slice(0, shown * copies, copies)  # one completion per example
+            rows = [np.where(unknown, 0.0, originals)[first],
+                    np.clip(completions, -1.0, 1.0)[first], originals[first]]
             image_grid.save_image_grid(
                 np.concatenate(rows), os.path.join(folder, "inpainting.png"), num_cols=shown,
                 title=f"{title} (rows: masked input, completion, original)")
@@ -348,7 +353,9 @@ def write_inpainting(experiment: Experiment, state, workdir: str) -> tuple[dict,
 
 def inpaint_summary(metrics: dict) -> str:
     """The console line of ``--mode=inpaint``."""
-    line = (f"inpainted {metrics['examples']} examples of {metrics['dataset']} "
+    copies = metrics.get("completions_per_example", 1)
+    each = f", {copies} completions each (scored together)," if copies > 1 else ""
+    line = (f"inpainted {metrics['examples']} examples of {metrics['dataset']}{each} "
             f"({metrics['mask']} unknown, {100 * metrics['unknown_fraction']:.0f}% of the values) "
             f"with {metrics['method']} at NFE {metrics['nfe']}: RMS error on the unknown part "
             f"{metrics['unknown_rmse']:.4f}")

@@ -16,14 +16,16 @@ from the exact conditional (its floor: the same for exact samples; the fit's own
 which may be a few evaluations under the budget; DPS also takes one backward pass per step).
 
 A summary table per problem gives replacement's best SW over the budgets against the floor and
-the first budget at which the Langevin-corrected sampler is at the floor.
+the first budget at which the Langevin-corrected sampler and the particle filter (``smc``:
+groups of 100 particles, 3 Langevin rejuvenation steps per level) are at the floor.
 
 Digits: a VE-Karras (EDM) U-Net trained on scikit-learn's 8x8 digits
 (``configs/digits/ve_karras.py``; with ``--quick`` a 16-channel, one-block version for 1500 steps
 of batch 64), trained in ``--digits-workdir`` when it holds no run and reused when it does (any
 trained digits run directory works, e.g. one of ``python -m diffusion_lv.main
 --config=configs/digits/ve_karras.py``). The test images with the left half, the centre 4x4 or a
-random 50% of pixels unknown are completed at one NFE budget by each method; reported: the
+random 50% of pixels unknown are completed at one NFE budget by each method (the particle filter
+with 8 particles per image: 8 completions each, scored together); reported: the
 digits classifier's accuracy on the completions against the true labels and the Frechet
 distance of the completions to the test split in its features (the originals score their own
 accuracy and 0 with all 297 test images; the masked inputs, unknown pixels at 0, are the
@@ -75,7 +77,16 @@ def best_config(nfe: int, grid: dict = GRID) -> ConditionalConfig:
     return ConditionalConfig(method="langevin", nfe=nfe, langevin_steps=k, step_scale=1.0, **grid)
 
 
-BEST = "langevin best (k=nfe/20-1, s=1)"
+def smc_config(nfe: int, particles: int | None = 100, grid: dict = GRID) -> ConditionalConfig:
+    """The particle filter as tuned here: 3 Langevin rejuvenation steps per level (step scale
+    1), groups of 100 particles (more independent paths of the known part than one group)."""
+    return ConditionalConfig(
+        method="smc", nfe=nfe, langevin_steps=3, step_scale=1.0, particles=particles, **grid
+    )
+
+
+LANGEVIN_BEST = "langevin best (k=nfe/20-1, s=1)"
+BEST = "smc (k=3, s=1, groups of 100)"
 METHODS = {
     "replacement (c=1)": lambda n: ConditionalConfig(method="replacement", nfe=n, **GRID),
     "replacement (c=2)": lambda n: ConditionalConfig(method="replacement", nfe=n, c=2.0, **GRID),
@@ -87,7 +98,11 @@ METHODS = {
     "langevin k=2, s=0.5 noisy": lambda n: ConditionalConfig(
         method="langevin", nfe=n, langevin_steps=2, hold="noisy", **GRID
     ),
-    BEST: best_config,
+    LANGEVIN_BEST: best_config,
+    "smc (k=0, groups of 100)": lambda n: ConditionalConfig(
+        method="smc", nfe=n, particles=100, **GRID
+    ),
+    BEST: smc_config,
 }
 
 
@@ -254,25 +269,29 @@ def print_tables(results, budgets) -> None:
 
 
 def print_summary(results, budgets) -> None:
-    """Per problem: replacement's best SW against the floor, where the Langevin-corrected sampler
-    reaches the floor, and which method is best at the largest budget."""
+    """Per problem: replacement's best SW against the floor, where the Langevin-corrected
+    sampler and the particle filter reach the floor, and which method is best at the largest
+    budget."""
     print(
         "\n### Summary (SW / floor; the floor's mean)\n\n"
         "| problem | replacement, best over budgets | Langevin best, largest budget | "
-        "Langevin best at floor from NFE | best method at the largest budget |\n"
-        "|---|---|---|---|---|"
+        "Langevin best at floor from NFE | SMC best, largest budget | SMC best at floor from NFE "
+        "| best method at the largest budget |\n|---|---|---|---|---|---|---|"
     )
     for (name, pattern), rows in results.items():
         ref = rows["_ref"]
         if BEST not in rows:
             continue
         replacement = min(sw for m in rows if m.startswith("replacement") for _, sw, _ in rows[m])
-        langevin = rows[BEST]
-        at_floor = next((str(nfe) for nfe, sw, _ in langevin if ref.at_floor(sw)), "not reached")
+        cells = []
+        for method in (LANGEVIN_BEST, BEST):
+            runs = rows[method]
+            at_floor = next((str(nfe) for nfe, sw, _ in runs if ref.at_floor(sw)), "not reached")
+            cells += [f"{runs[-1][1] / ref.floor[0]:.1f}", at_floor]
         best = min((m for m in rows if m != "_ref"), key=lambda m: rows[m][-1][1])
         print(
-            f"| {name}, {pattern} | {replacement / ref.floor[0]:.1f} | "
-            f"{langevin[-1][1] / ref.floor[0]:.1f} | {at_floor} | {best} |"
+            f"| {name}, {pattern} | {replacement / ref.floor[0]:.1f} | {' | '.join(cells)} "
+            f"| {best} |"
         )
 
 
@@ -381,14 +400,18 @@ def digit_masks(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+DIGITS_PARTICLES = 8  # the particle filter's completions per test image
+
+
 def digits_methods(budget: int, grid: dict) -> dict[str, ConditionalConfig]:
     return {
         "replacement (c=1)": ConditionalConfig(method="replacement", nfe=budget, **grid),
-        "repaint (r=4, c=2)": ConditionalConfig(
-            method="repaint", nfe=budget, resamples=4, **grid
-        ),
+        "repaint (r=4, c=2)": ConditionalConfig(method="repaint", nfe=budget, resamples=4, **grid),
         "dps (scale 1)": ConditionalConfig(method="dps", nfe=budget, **grid),
-        "langevin best (k=nfe/20-1, s=1)": best_config(budget, grid),
+        LANGEVIN_BEST: best_config(budget, grid),
+        f"smc (k=3, s=1, {DIGITS_PARTICLES} particles per image)": smc_config(
+            budget, DIGITS_PARTICLES, grid
+        ),
     }
 
 
@@ -407,9 +430,12 @@ def run_digits(workdir: str, out: str, budget: int, num: int, quick: bool) -> No
     images, labels = images[:num].astype(np.float32), labels[:num]
     classifier = digits_features.classifier()
 
-    def scores(x):
+    def scores(x, copies=1):
+        """Accuracy against the labels and the Frechet distance, over all ``copies``
+        completions of each image (rows ``i * copies ...``)."""
         x = np.clip(np.asarray(x, np.float64), -1.0, 1.0)
-        accuracy = float(np.mean(classifier.predict(x.reshape(num, -1)) == labels))
+        predicted = classifier.predict(x.reshape(len(x), -1))
+        accuracy = float(np.mean(predicted == np.repeat(labels, copies)))
         return accuracy, digits_features.digits_frechet_distance(x)
 
     lo, hi = model.schedule.sigma_ve_min, model.schedule.sigma_ve_max
@@ -425,19 +451,22 @@ def run_digits(workdir: str, out: str, budget: int, num: int, quick: bool) -> No
     print("| mask | method | NFE | accuracy | Frechet distance |\n|---|---|---|---|---|")
     picture_rows = []
     for mask_name, mask in digit_masks(num).items():
-        condition = Inpainting(jnp.asarray(mask), jnp.asarray(images))
         masked = np.where(mask, images, 0.0)  # unknown pixels grey: visibly not data
         picture_rows.append(masked[:8])
         accuracy, fd = scores(masked)
         print(f"| {mask_name} | masked input (unknown = 0) | 0 | {accuracy:.3f} | {fd:.2f} |")
         for method, cfg in configs.items():
+            copies = dict(cfg.options).get("particles") or 1  # the filter: a group per image
+            repeated = Inpainting(
+                jnp.asarray(np.repeat(mask, copies, 0)), jnp.asarray(np.repeat(images, copies, 0))
+            )
             sample = jax.jit(
                 lambda key, cond, cfg=cfg: sample_conditional(model_fn, model, key, cond, cfg)
             )
-            x, info = sample(jax.random.PRNGKey(0), condition)
-            accuracy, fd = scores(x)
+            x, info = sample(jax.random.PRNGKey(0), repeated)
+            accuracy, fd = scores(x, copies)
             print(f"| {mask_name} | {method} | {info['nfe']} | {accuracy:.3f} | {fd:.2f} |")
-            picture_rows.append(np.clip(np.asarray(x), -1.0, 1.0)[:8])
+            picture_rows.append(np.clip(np.asarray(x), -1.0, 1.0)[::copies][:8])
         picture_rows.append(images[:8])
     path = image_grid.save_image_grid(
         np.concatenate(picture_rows), os.path.join(out, "digits_inpainting.png"), num_cols=8

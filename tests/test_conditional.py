@@ -35,6 +35,7 @@ from diffusion_lv.conditional import (
     sample_langevin,
     sample_repaint,
     sample_replacement,
+    sample_smc,
 )
 from diffusion_lv.conditional.observations import blur_matrix, pool_matrix
 from diffusion_lv.parameterization import Parameterization
@@ -226,6 +227,7 @@ def _counting(denoiser, count):
         ("langevin", dict(langevin_steps=2, final_steps=3), 10),  # 2 x (1 + 2) + 3 + 1
         ("langevin", dict(langevin_steps=(1, 0, 2), step_scale=(0.1, 0.2, 0.3)), 7),  # 3+3+1
         ("dps", dict(final_steps=2), 9),  # 6 steps + 2 + final denoise (6 backward passes)
+        ("smc", dict(langevin_steps=1, particles=2), 17),  # 8 x (1 + 1) + final denoise
     ],
 )
 def test_info_nfe_is_the_exact_number_of_model_calls(method, options, expected):
@@ -243,6 +245,7 @@ def test_info_nfe_is_the_exact_number_of_model_calls(method, options, expected):
         "repaint": sample_repaint,
         "langevin": sample_langevin,
         "dps": sample_dps,
+        "smc": sample_smc,
     }[method]
     z = initial_noise(jax.random.PRNGKey(0), (4, 2), 10.0)
     traced = {}

@@ -205,6 +205,7 @@ BAD_VALUES = [
     ("inpaint.langevin_steps", -1, ["config.inpaint.langevin_steps=-1", ">= 0"]),
     ("inpaint.nfe", 1, ["config.inpaint.nfe=1", "buys no step"]),
     ("inpaint.num_examples", 0, ["config.inpaint.num_examples=0", ">= 1"]),
+    ("inpaint.method", "smc", ["config.inpaint", "particles=None", "completions per example"]),
 ]
 
 

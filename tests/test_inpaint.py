@@ -108,6 +108,26 @@ def test_inpainting_keeps_the_known_values(trained):
     assert metrics["method"] == "replacement" and folder.endswith("replacement-nfe12-ema_0.995")
 
 
+def test_the_particle_filter_completes_each_example_with_its_group(trained):
+    """``method=smc``: ``particles`` completions per example, each group carrying its own
+    example's known coordinates; the picture and metrics count examples, not rows."""
+    config = main_lib.run_dir.eval_config(trained, tiny_config(), False, {
+        "inpaint.num_examples": 16, "inpaint.nfe": 12, "inpaint.method": "smc",
+        "inpaint.particles": 4, "inpaint.langevin_steps": 1})
+    experiment = main_lib.experiment_lib.parse(config)
+    state = evaluate.restore_checkpoint(experiment, trained)
+    metrics, folder = evaluate.write_inpainting(experiment, state, trained)
+    completions = np.load(os.path.join(folder, "completions.npy"))
+    originals, _, _ = evaluate._inpaint_examples(experiment, 16)  # noqa: SLF001
+    assert completions.shape == (64, 2) and np.isfinite(completions).all()
+    np.testing.assert_array_equal(completions[:, 1], np.repeat(originals[:, 1], 4))
+    assert len(np.unique(completions[:, 0])) > 16  # the rows of a group are distinct draws
+    assert metrics["examples"] == 16 and metrics["completions_per_example"] == 4
+    assert metrics["nfe"] <= 12 and metrics["options"]["particles"] == 4
+    line = evaluate.inpaint_summary(metrics)
+    assert "16 examples of ring8, 4 completions each (scored together), (left_half" in line
+
+
 def test_inpaint_refuses_bad_settings_before_running(trained):
     before = snapshot(trained)
     proc, _ = cli(f"--workdir={trained}", "--mode=inpaint", "--config.inpaint.mask=centre")

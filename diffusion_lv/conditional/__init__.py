@@ -3,7 +3,8 @@
 High level: ``sample_conditional(model_fn, model, key, condition, ConditionalConfig(method=...,
 nfe=..., **options))`` for any schedule and output kind. ``condition`` is an ``Inpainting(mask,
 values)`` (known coordinates) or an ``Observation(operator, y, noise_std)`` (``y = A(x) +
-noise``, for ``dps``). Low level: ``sample_<method>(denoiser, z_T, key, sigmas, condition, *,
+noise``, for ``dps``). Methods: ``replacement``, ``repaint``, ``langevin``, ``smc`` (a particle
+filter, smc.py), ``dps``. Low level: ``sample_<method>(denoiser, z_T, key, sigmas, condition, *,
 options...)`` over the canonical denoiser, conventions in samplers.py (which also states what
 each method approximates and what becomes exact in which limit). The exact conditionals of a
 Gaussian mixture, for testing, are ``oracle.condition`` and ``oracle.linear_gaussian_posterior``.
@@ -25,6 +26,7 @@ from diffusion_lv.conditional.samplers import (
     sample_repaint,
     sample_replacement,
 )
+from diffusion_lv.conditional.smc import sample_smc
 
 __all__ = [
     "METHODS",
@@ -41,4 +43,5 @@ __all__ = [
     "sample_langevin",
     "sample_repaint",
     "sample_replacement",
+    "sample_smc",
 ]

@@ -28,6 +28,7 @@ import numpy as np
 
 from diffusion_lv import checks
 from diffusion_lv.conditional import samplers as cs
+from diffusion_lv.conditional import smc
 from diffusion_lv.conditional.observations import Inpainting, check_observation
 from diffusion_lv.parameterization import Parameterization
 from diffusion_lv.samplers import grids, initial_noise
@@ -68,6 +69,17 @@ def _langevin_nfe(levels, o):
     return len(levels) - 1 + int(steps.sum()) + o["final_steps"]
 
 
+def _smc_checked(levels, o):
+    return smc.check_smc(
+        o["particles"], o["resample_threshold"], o["langevin_steps"], o["step_scale"], levels
+    )
+
+
+def _smc_nfe(levels, o):
+    steps, _ = _smc_checked(levels, o)
+    return len(levels) - 1 + int(steps.sum())
+
+
 METHODS: dict[str, Method] = {
     "replacement": Method(
         cs.sample_replacement, lambda lv, o: len(lv) - 1, lambda lv, o: cs.check_rate(o["c"])
@@ -78,6 +90,7 @@ METHODS: dict[str, Method] = {
         lambda lv, o: cs.check_repaint(o["c"], o["resamples"]),
     ),
     "langevin": Method(cs.sample_langevin, _langevin_nfe, _langevin_checked),
+    "smc": Method(smc.sample_smc, _smc_nfe, _smc_checked),
     "dps": Method(
         cs.sample_dps,
         lambda lv, o: len(lv) - 1 + o["final_steps"],

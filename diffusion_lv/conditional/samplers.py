@@ -48,6 +48,8 @@ available and every method below approximates it:
   The annealed levels make the final phase unnecessary for well-mixed problems; they place
   mass in the right modes where a chain at small sigma alone could not.
   ``langevin_steps=0, hold="noisy"`` with no final phase is ``replacement``.
+* ``smc`` (smc.py): a particle filter with the known part's forward-noised path as
+  observations; its weights fix the mode weights that the Langevin chain cannot move.
 * ``dps`` (Chung et al. 2023): for ``y = A(x) + noise``, the reverse split with rate c plus the
   guidance ``z -= guidance_scale * grad_z ||y - A(D(z, sigma))||`` per example (``D``'s vector-
   Jacobian product: one backward pass per step). Approximate at every NFE (``A(D(z))`` stands in
@@ -160,20 +162,24 @@ def langevin_unknown_step(denoiser: Denoiser, z: Array, sigma, step, key: Array,
     return jnp.where(mask, z, moved)
 
 
-def _langevin_unknown(denoiser, z, sigma, step, key, mask, num_steps) -> Array:
+def langevin_at(denoiser, z, sigma, step, key, mask, num_steps) -> Array:
+    """``num_steps`` (traced or not) Langevin steps of ``p_sigma`` on the unknown coordinates."""
+
     def body(j, z):
         return langevin_unknown_step(denoiser, z, sigma, step, jax.random.fold_in(key, j), mask)
 
     return jax.lax.fori_loop(0, num_steps, body, z)
 
 
-def _scan(step, z: Array, key: Array, levels: np.ndarray, extra=(), trajectory=False):
-    """``step(z, sigma, sigma_next, key, *extra_i) -> z`` over consecutive levels, one scan."""
+def scan_levels(step, carry, key: Array, levels: np.ndarray, extra=(), trajectory=False):
+    """``step(carry, sigma, sigma_next, key, *extra_i) -> carry`` over consecutive levels, one
+    scan; the levels in the dtype of the carry's first leaf (the state)."""
     n = levels.shape[0] - 1
+    dtype = jax.tree.leaves(carry)[0].dtype
     inputs = (
         jnp.arange(n),
-        jnp.asarray(levels[:-1], z.dtype),
-        jnp.asarray(levels[1:], z.dtype),
+        jnp.asarray(levels[:-1], dtype),
+        jnp.asarray(levels[1:], dtype),
         *(jnp.asarray(e) for e in extra),
     )
 
@@ -182,10 +188,10 @@ def _scan(step, z: Array, key: Array, levels: np.ndarray, extra=(), trajectory=F
         z = step(z, sigma, sigma_next, jax.random.fold_in(key, i), *rest)
         return z, (z if trajectory else None)
 
-    return jax.lax.scan(body, z, inputs)
+    return jax.lax.scan(body, carry, inputs)
 
 
-def _finish(denoiser, z, condition, levels, final_denoise, nfe, path, **extra):
+def finish(denoiser, z, condition, levels, final_denoise, nfe, path, **extra):
     """``D(z, sigma_min)`` (or ``z``) with the known values pasted exactly."""
     if final_denoise:
         z = denoise(denoiser, z, levels[-1])
@@ -241,19 +247,19 @@ def sample_langevin(
         z = split_euler_step(denoiser, z, sigma, sigma_next, jax.random.fold_in(key, 0), c)
         z = condition.paste(z, _known_at(condition, sigma_next, jax.random.fold_in(key, 1), hold))
         h = scale * jnp.square(sigma_next)
-        return _langevin_unknown(denoiser, z, sigma_next, h, jax.random.fold_in(key, 2), mask, k)
+        return langevin_at(denoiser, z, sigma_next, h, jax.random.fold_in(key, 2), mask, k)
 
     extra = (steps, scales.astype(np.dtype(z.dtype)))
-    z, path = _scan(step, z, key, levels, extra, trajectory)
+    z, path = scan_levels(step, z, key, levels, extra, trajectory)
     if final_steps:
         z = condition.paste(z)
         sigma_min = levels[-1]
         h = final_step_scale * sigma_min**2
-        z = _langevin_unknown(
+        z = langevin_at(
             denoiser, z, sigma_min, h, jax.random.fold_in(key, FINAL), mask, final_steps
         )
     nfe = num_steps + int(steps.sum()) + final_steps
-    return _finish(denoiser, z, condition, levels, final_denoise, nfe, path if trajectory else None)
+    return finish(denoiser, z, condition, levels, final_denoise, nfe, path if trajectory else None)
 
 
 def sample_replacement(
@@ -312,9 +318,9 @@ def sample_repaint(
         z = jax.lax.fori_loop(0, resamples - 1, round_trip, z)
         return down(z, sigma, sigma_next, jax.random.fold_in(key, resamples - 1))
 
-    z, path = _scan(step, z, key, levels, trajectory=trajectory)
+    z, path = scan_levels(step, z, key, levels, trajectory=trajectory)
     nfe = resamples * (levels.shape[0] - 1)
-    return _finish(denoiser, z, condition, levels, final_denoise, nfe, path if trajectory else None)
+    return finish(denoiser, z, condition, levels, final_denoise, nfe, path if trajectory else None)
 
 
 def sample_dps(
@@ -348,7 +354,7 @@ def sample_dps(
         z = split_euler_step(lambda *_: x0, z, sigma, sigma_next, key, c)
         return z - guidance_scale * grad
 
-    z, path = _scan(step, z, key, levels, trajectory=trajectory)
+    z, path = scan_levels(step, z, key, levels, trajectory=trajectory)
     num_steps = levels.shape[0] - 1
     if final_steps:
         sigma_min = levels[-1]
@@ -365,7 +371,7 @@ def sample_dps(
 
         key_final = jax.random.fold_in(key, FINAL)
         z = jax.lax.fori_loop(0, final_steps, posterior_step, z)
-    return _finish(
+    return finish(
         denoiser,
         z,
         condition,

@@ -31,7 +31,8 @@ VECTOR_MASKS = ("left_half", "right_half", "random_half")
 @dataclasses.dataclass(frozen=True)
 class InpaintConfig:
     """``mask``: the unknown part; ``num_examples``: held-out examples completed (one completion
-    each); ``conditional``: the method and its settings."""
+    each, ``particles`` for the particle filter ``smc``: a group per example); ``conditional``:
+    the method and its settings."""
 
     mask: str = "left_half"
     num_examples: int = 64
@@ -40,6 +41,19 @@ class InpaintConfig:
     def __post_init__(self):
         checks.choice("mask", self.mask, IMAGE_MASKS)
         checks.number("num_examples", self.num_examples, lo=1, integer=True)
+        if self.conditional.method == "smc" and self.copies is None:
+            raise ValueError(
+                "particles=None is not valid for inpainting with method 'smc': each example is "
+                "completed by its own group of particles; valid: an integer >= 1 (the "
+                "completions per example, e.g. 8)"
+            )
+
+    @property
+    def copies(self) -> int | None:
+        """Completions per example: the particle filter's group size, else 1."""
+        if self.conditional.method != "smc":
+            return 1
+        return self.conditional.resolved_options["particles"]
 
     def check_data(self, data_shape: tuple[int, ...]) -> None:
         """A mask the data's shape has (images: every mask; flat vectors: ``VECTOR_MASKS``)."""
