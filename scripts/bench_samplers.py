@@ -622,7 +622,8 @@ def main():
     targets(all_problems, loops, compile_max)
     print("\nRecommendation (samplers.recommended): UniPC order 3 over the whole noise range; "
           "fitted grid: bh1 below NFE 10, bh2 from 10, and up to NFE 10 the order rule (auto or "
-          "history) with the lower fitting loss (samplers.fit_best over fitted_candidates); "
+          "history) and the B(h) variant with the lowest fitting loss (samplers.fit_best over "
+          "fitted_candidates); "
           "log-SNR grid: bh1 up to NFE 10, bh2 above.")
     print(f"\n_Total benchmark time {time.perf_counter() - start:.0f} s._")
 

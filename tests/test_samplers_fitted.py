@@ -89,8 +89,14 @@ def test_recommended_configurations_reach_the_data_end(nfe):
     sigmas = recommended(nfe).sigmas(schedule)
     assert sigmas[-1] == 0.0 and np.isclose(sigmas[-2], schedule.sigma_ve_min)
     assert recommended(nfe).resolved_options["variant"] == ("bh1" if nfe <= 10 else "bh2")
-    limits = [c.resolved_options["order_limit"] for c in fitted_candidates(nfe)]
-    assert limits == (["auto", "history"] if nfe <= 10 else ["auto"])
+    candidates = [
+        (c.resolved_options["order_limit"], c.resolved_options["variant"])
+        for c in fitted_candidates(nfe)
+    ]
+    own = recommended(nfe, fitted=True).resolved_options["variant"]
+    other = {"bh1": "bh2", "bh2": "bh1"}[own]
+    expected = [("auto", own), ("history", own), ("auto", other), ("history", other)]
+    assert candidates == (expected if nfe <= 10 else [("auto", own)])
 
 
 # -- fitted grids -------------------------------------------------------------------------------
@@ -116,17 +122,19 @@ def test_a_fitted_grid_beats_its_starting_grids_on_fresh_noise():
 def test_fit_best_keeps_the_lower_fitting_loss(monkeypatch):
     from diffusion_lv.samplers import fitted_grid
 
-    losses = {"auto": 2.0, "history": 1.0}
+    losses = {("auto", "bh1"): 2.0, ("history", "bh1"): 1.5, ("auto", "bh2"): 3.0,
+              ("history", "bh2"): 1.0}
 
     def fake_fit(model_fn, model, key, shape, cfg, **options):
         sigmas = tuple(float(s) for s in np.geomspace(SIGMA_MAX, SIGMA_MIN, cfg.num_levels))
         return FittedGrid(cfg.name, cfg.nfe, dict(cfg.resolved_options), cfg.final_denoise,
-                          sigmas, losses[cfg.resolved_options["order_limit"]], 3.0, "log_snr",
-                          "ref")
+                          sigmas, losses[cfg.resolved_options["order_limit"],
+                                         cfg.resolved_options["variant"]], 3.0, "log_snr", "ref")
 
     monkeypatch.setattr(fitted_grid, "fit_grid", fake_fit)
     cfg, fitted = fit_best(None, MODEL, None, (1, 1), fitted_candidates(6, **RANGE))
     assert fitted.loss == 1.0 and cfg.resolved_options["order_limit"] == "history"
+    assert cfg.resolved_options["variant"] == "bh2"  # not the budget's bh1: it fitted better
     assert cfg.grid == FITTED_GRID and cfg.fitted_sigmas == fitted.sigmas
 
 
