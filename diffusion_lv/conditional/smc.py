@@ -49,6 +49,7 @@ from diffusion_lv import checks
 from diffusion_lv.conditional import samplers as cs
 from diffusion_lv.conditional.observations import Inpainting, check_inpainting
 from diffusion_lv.samplers.base import Denoiser, denoise
+from diffusion_lv.samplers.ddim import ddim_moments
 
 Array = jax.Array
 
@@ -73,12 +74,10 @@ def num_groups(particles: int | None, condition: Inpainting, batch: int) -> int:
     groups = batch // particles
     values, mask = condition.values, condition.mask
     if not isinstance(values, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
-        known = np.where(
-            np.broadcast_to(np.asarray(mask), values.shape), np.asarray(values), 0.0
-        ).reshape(groups, particles, -1)
-        mask_rows = np.broadcast_to(np.asarray(mask), values.shape).reshape(groups, particles, -1)
+        mask = np.broadcast_to(np.asarray(mask), values.shape).reshape(groups, particles, -1)
+        known = np.where(mask, np.asarray(values).reshape(mask.shape), 0.0)
         differs = np.any(known != known[:, :1], axis=(1, 2)) | np.any(
-            mask_rows != mask_rows[:, :1], axis=(1, 2)
+            mask != mask[:, :1], axis=(1, 2)
         )
         if differs.any():
             group = int(np.argmax(differs))
@@ -148,18 +147,19 @@ def sample_smc(
 
     def step(carry, sigma, sigma_next, key, k, scale):
         z, y_path, log_weights, count = carry
-        r = jnp.square(sigma_next / sigma)
-        var = r * (jnp.square(sigma) - jnp.square(sigma_next))
-        y_next = r * y_path + (1.0 - r) * y
-        y_next = y_next + jnp.sqrt(var) * _group_noise(jax.random.fold_in(key, 0), groups, size, z)
-        mean = r * z + (1.0 - r) * denoise(denoiser, z, sigma)
+        # The known part's path: the same ancestral step with its exact clean value y.
+        y_mean, std = ddim_moments(y_path, y, sigma, sigma_next, eta=1.0)
+        y_next = y_mean + std * _group_noise(jax.random.fold_in(key, 0), groups, size, z)
+        mean, _ = ddim_moments(z, denoise(denoiser, z, sigma), sigma, sigma_next, eta=1.0)
         misfit = jnp.where(mask, jnp.square(y_next - mean), 0.0)
-        log_weights = log_weights - (0.5 / var) * jnp.sum(misfit, sum_known).reshape(groups, size)
+        log_weights = log_weights - jnp.sum(misfit, sum_known).reshape(groups, size) / (
+            2.0 * jnp.square(std)
+        )
         rows, log_weights, resampled = _systematic_resample(
             jax.random.fold_in(key, 1), log_weights, resample_threshold
         )
         noise = jax.random.normal(jax.random.fold_in(key, 2), z.shape, z.dtype)
-        z = jnp.where(mask, y_next, mean[rows] + jnp.sqrt(var) * noise)
+        z = jnp.where(mask, y_next, mean[rows] + std * noise)
         h = scale * jnp.square(sigma_next)
         inner_key = jax.random.fold_in(key, 3)
         z = cs.langevin_at(denoiser, z, sigma_next, h, inner_key, condition.mask, k)
@@ -168,7 +168,8 @@ def sample_smc(
     carry = (z, y_path, log_weights, jnp.zeros((groups,), jnp.int32))
     extra = (steps, scales.astype(np.dtype(z.dtype)))
     (z, _, log_weights, count), path = cs.scan_levels(step, carry, key, levels, extra, trajectory)
-    rows, _, _ = _systematic_resample(jax.random.fold_in(key, cs.FINAL), log_weights, 2.0)
+    # The output is unweighted: resample every group by its remaining weights.
+    rows, _, _ = _systematic_resample(jax.random.fold_in(key, cs.FINAL), log_weights, jnp.inf)
     z = z[rows]
     nfe = levels.shape[0] - 1 + int(steps.sum())
     return cs.finish(

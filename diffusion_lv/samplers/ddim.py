@@ -26,18 +26,27 @@ def check_eta(eta) -> None:
     checks.number("eta", eta, lo=0.0, hi=1.0)
 
 
-def ddim_step(
-    denoiser: Denoiser, z: Array, sigma: Array, sigma_next: Array, key: Array, eta: float = 0.0
-) -> Array:
-    denoised = denoise(denoiser, z, sigma)
+def ddim_moments(z: Array, denoised: Array, sigma, sigma_next, eta: float = 0.0):
+    """The mean and standard deviation of the DDIM(eta) transition from ``z`` at ``sigma`` to
+    ``sigma_next`` given the denoised estimate (``eta = 1``: the DDPM posterior, mean
+    ``r z + (1 - r) denoised`` and variance ``r (sigma^2 - sigma_next^2)``, ``r =
+    sigma_next^2 / sigma^2``). The standard deviation is 0 for a static ``eta = 0``."""
     eps = (z - denoised) / sigma
     if is_zero(eta):
-        return denoised + sigma_next * eps
+        return denoised + sigma_next * eps, 0.0
     ratio2 = jnp.square(sigma_next / sigma)
     sigma_up = eta * sigma_next * jnp.sqrt(1.0 - ratio2)
     sigma_down = sigma_next * jnp.sqrt(1.0 - eta**2 * (1.0 - ratio2))
-    noise = jax.random.normal(key, z.shape, z.dtype)
-    return denoised + sigma_down * eps + sigma_up * noise
+    return denoised + sigma_down * eps, sigma_up
+
+
+def ddim_step(
+    denoiser: Denoiser, z: Array, sigma: Array, sigma_next: Array, key: Array, eta: float = 0.0
+) -> Array:
+    mean, std = ddim_moments(z, denoise(denoiser, z, sigma), sigma, sigma_next, eta)
+    if is_zero(eta):
+        return mean
+    return mean + std * jax.random.normal(key, z.shape, z.dtype)
 
 
 def sample_ddim(
