@@ -173,7 +173,8 @@ def langevin_at(denoiser, z, sigma, step, key, mask, num_steps) -> Array:
 
 def scan_levels(step, carry, key: Array, levels: np.ndarray, extra=(), trajectory=False):
     """``step(carry, sigma, sigma_next, key, *extra_i) -> carry`` over consecutive levels, one
-    scan; the levels in the dtype of the carry's first leaf (the state)."""
+    scan; the levels in the dtype of the carry's first leaf (the state), which is also what the
+    trajectory keeps."""
     n = levels.shape[0] - 1
     dtype = jax.tree.leaves(carry)[0].dtype
     inputs = (
@@ -186,7 +187,7 @@ def scan_levels(step, carry, key: Array, levels: np.ndarray, extra=(), trajector
     def body(z, inputs):
         i, sigma, sigma_next, *rest = inputs
         z = step(z, sigma, sigma_next, jax.random.fold_in(key, i), *rest)
-        return z, (z if trajectory else None)
+        return z, (jax.tree.leaves(z)[0] if trajectory else None)
 
     return jax.lax.scan(body, carry, inputs)
 

@@ -179,6 +179,6 @@ def sample_smc(
         levels,
         final_denoise,
         nfe,
-        path[0] if trajectory else None,
+        path if trajectory else None,
         resampled=count,
     )
